@@ -1,1 +1,10 @@
-//! wharf
+//! # wharf
+//!
+//! Docker-grade container networking as an embeddable, typed async Rust library.
+//!
+//! The crate is layered, bottom to top: [`sys`] (kernel access) is the only layer that talks to
+//! the kernel.
+
+#![warn(missing_docs)]
+
+pub mod sys;
