@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::Handle;
 use super::request::{CHANGE, CREATE, DUMP, Request};
 use super::route::{IpVersion, Scope};
-use crate::sys::error::SysResult;
+use crate::sys::error::{SysError, SysResult};
 
 /// An address as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,7 +128,7 @@ impl<'a> Addresses<'a> {
     }
 
     /// Adds `net` (address and prefix length) to interface `index`: `ip addr add`.
-    /// [`crate::sys::SysError::AlreadyExists`] if it is already there.
+    /// [`SysError::AlreadyExists`] if it is already there.
     ///
     /// ```no_run
     /// # async fn demo(h: &wharf::sys::rtnl::Handle) -> Result<(), Box<dyn std::error::Error>> {
@@ -145,13 +145,23 @@ impl<'a> Addresses<'a> {
             .await
     }
 
-    /// Removes `net` from interface `index`: `ip addr del`.
+    /// Removes `net` from interface `index`: `ip addr del`. [`SysError::NotFound`] if the
+    /// interface does not have it (the kernel's `EADDRNOTAVAIL`).
     pub async fn delete(&self, index: u32, net: IpNetwork) -> SysResult<()> {
-        self.handle
+        let res = self
+            .handle
             .ack(delete_request(index, net), || {
                 format!("deleting address {net} from link #{index}")
             })
-            .await
+            .await;
+        match res {
+            Err(SysError::Kernel { what, source })
+                if source.raw_os_error() == Some(libc::EADDRNOTAVAIL) =>
+            {
+                Err(SysError::NotFound { what })
+            }
+            other => other,
+        }
     }
 
     /// Lists every address of the namespace: `ip addr show`.

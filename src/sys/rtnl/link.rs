@@ -304,14 +304,16 @@ impl VxlanSpec {
 }
 
 /// The other end of a veth pair being created: its name, and optionally its namespace (it is
-/// then created directly there), MAC, MTU and state.
+/// then created directly there), MAC and MTU.
+///
+/// The peer cannot be brought up in the creating request (the kernel refuses to open a veth end
+/// before its pair is complete, `ENOTCONN`): bring it up from a handle in its namespace.
 #[derive(Debug, Clone)]
 pub struct VethPeer {
     name: String,
     netns: Option<NetNs>,
     mac: Option<MacAddr>,
     mtu: Option<u32>,
-    up: bool,
 }
 
 impl VethPeer {
@@ -322,7 +324,6 @@ impl VethPeer {
             netns: None,
             mac: None,
             mtu: None,
-            up: false,
         }
     }
     /// Creates the peer directly inside `ns`.
@@ -340,11 +341,6 @@ impl VethPeer {
         self.mtu = Some(mtu);
         self
     }
-    /// Brings the peer up as it is created.
-    pub fn up(mut self) -> Self {
-        self.up = true;
-        self
-    }
     /// The peer's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -352,10 +348,6 @@ impl VethPeer {
 
     fn to_message(&self) -> LinkMessage {
         let mut msg = LinkMessage::default();
-        if self.up {
-            msg.header.flags = LinkFlags::Up;
-            msg.header.change_mask = LinkFlags::Up;
-        }
         msg.attributes
             .push(LinkAttribute::IfName(self.name.clone()));
         if let Some(mac) = self.mac {

@@ -344,11 +344,14 @@ impl FdbEntry {
         let mut mac = None;
         let mut dst = None;
         let mut vni = None;
+        // A bridge reports its own entries with NDA_MASTER rather than NTF_MASTER.
+        let mut master = msg.header.flags.contains(NeighbourFlags::Controller);
         for attr in &msg.attributes {
             match attr {
                 NeighbourAttribute::LinkLayerAddress(m) => mac = MacAddr::from_slice(m),
                 NeighbourAttribute::Destination(a) => dst = ip_of(a),
                 NeighbourAttribute::Vni(v) => vni = Some(*v),
+                NeighbourAttribute::Controller(_) => master = true,
                 _ => {}
             }
         }
@@ -357,7 +360,7 @@ impl FdbEntry {
             mac: mac?,
             dst,
             vni,
-            master: msg.header.flags.contains(NeighbourFlags::Controller),
+            master,
             permanent: matches!(
                 msg.header.state,
                 NeighbourState::Permanent | NeighbourState::Noarp
