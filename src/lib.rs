@@ -8,3 +8,5 @@
 #![warn(missing_docs)]
 
 pub mod sys;
+
+pub mod lab;
