@@ -9,4 +9,6 @@
 
 pub mod sys;
 
+pub mod controller;
+pub mod dns;
 pub mod lab;
