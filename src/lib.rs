@@ -1,1 +1,4 @@
 //! wharf
+
+pub mod ipam;
+pub mod store;
