@@ -11,4 +11,6 @@ pub mod sys;
 
 pub mod controller;
 pub mod dns;
+pub mod ipam;
 pub mod lab;
+pub mod store;
