@@ -1,70 +1,25 @@
 //! The route-netlink layer against the real kernel.
 //!
-//! Every test builds its own throwaway namespaces (`wt-<pid>-<n>-<tag>`), uses one of them as
-//! the "host" (never the machine's own namespace), and removes them on drop, panics included.
+//! Every test builds its own throwaway namespaces with a [`Lab`], uses one of them as the "host"
+//! (never the machine's own namespace), and the lab removes them on drop, panics included.
 //! These tests need root; without it they fail loudly.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ipnetwork::IpNetwork;
+use wharf::lab::{Lab, probe, require_root};
 use wharf::sys::rtnl::{
     FdbEntry, Handle, IpVersion, Link, LinkChange, LinkKind, LinkSpec, MacAddr, MacvlanMode,
     NeighState, Neighbour, Route, RouteKind, VethPeer, VxlanSpec,
 };
 use wharf::sys::{NetNs, SysErrorKind, sysctl};
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A throwaway named namespace, deleted on drop.
-struct Lab {
-    name: String,
-    ns: NetNs,
+async fn handle(ns: &NetNs) -> Handle {
+    Handle::in_netns(ns).await.expect("opening a handle")
 }
 
-impl Lab {
-    async fn new(tag: &str) -> Self {
-        require_root();
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let name = format!("wt-{}-{n}-{tag}", std::process::id());
-        let ns = NetNs::create(&name)
-            .await
-            .expect("creating a lab namespace");
-        Self { name, ns }
-    }
-
-    async fn handle(&self) -> Handle {
-        Handle::in_netns(&self.ns).await.expect("opening a handle")
-    }
-
-    /// Pings `ip` once from inside this namespace.
-    fn ping(&self, ip: &str) -> bool {
-        let out = self
-            .ns
-            .command("ping")
-            .args(["-c", "1", "-W", "2", ip])
-            .output()
-            .expect("running ping (iputils-ping)");
-        out.status.success()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        if let Err(e) = NetNs::delete(&self.name) {
-            eprintln!("cleanup: {e}");
-        }
-    }
-}
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "tests/sys_rtnl.rs needs root (CAP_NET_ADMIN + CAP_SYS_ADMIN) to create namespaces and \
-         links; run it as root: these tests never pass silently"
-    );
+async fn ping(from: &NetNs, to: &str) -> bool {
+    probe::can_ping(from, ip(to), probe::DEFAULT_TIMEOUT).await
 }
 
 fn net(s: &str) -> IpNetwork {
@@ -84,7 +39,7 @@ fn names(links: &[Link]) -> Vec<&str> {
 async fn attach(
     host: &Handle,
     bridge: u32,
-    c: &Lab,
+    c: &NetNs,
     host_if: &str,
     addr4: &str,
     addr6: &str,
@@ -93,13 +48,13 @@ async fn attach(
     host.link()
         .add(
             LinkSpec::veth(host_if)
-                .peer(VethPeer::new("eth0").netns(&c.ns))
+                .peer(VethPeer::new("eth0").netns(c))
                 .master(bridge)
                 .up(),
         )
         .await
         .unwrap();
-    let inside = c.handle().await;
+    let inside = handle(c).await;
     let eth0 = inside.link().get("eth0").await.unwrap();
     inside.link().set_up(eth0.index).await.unwrap();
     let eth0 = inside.link().get_by_index(eth0.index).await.unwrap();
@@ -115,10 +70,11 @@ async fn attach(
 
 #[tokio::test]
 async fn bridge_with_two_containers_that_ping_each_other() {
-    let host_ns = Lab::new("host").await;
-    let c1 = Lab::new("c1").await;
-    let c2 = Lab::new("c2").await;
-    let host = host_ns.handle().await;
+    let lab = Lab::new();
+    let host_ns = lab.namespace("host").await.unwrap();
+    let c1 = lab.namespace("c1").await.unwrap();
+    let c2 = lab.namespace("c2").await.unwrap();
+    let host = handle(&host_ns).await;
 
     host.link()
         .add(LinkSpec::bridge("wharf0").mtu(1500).up())
@@ -174,7 +130,7 @@ async fn bridge_with_two_containers_that_ping_each_other() {
         "peer lives in another namespace"
     );
     assert!(eth0.up);
-    let routes = c1.handle().await.route().list(IpVersion::V4).await.unwrap();
+    let routes = handle(&c1).await.route().list(IpVersion::V4).await.unwrap();
     assert!(
         routes.iter().any(|r| r.dst.prefix() == 0
             && r.gateway == Some(ip("10.88.0.1"))
@@ -182,25 +138,29 @@ async fn bridge_with_two_containers_that_ping_each_other() {
         "{routes:?}"
     );
 
-    assert!(c1.ping("10.88.0.3"), "c1 -> c2");
-    assert!(c2.ping("10.88.0.2"), "c2 -> c1");
-    assert!(c1.ping("10.88.0.1"), "c1 -> bridge");
-    assert!(c2.ping("10.88.0.1"), "c2 -> bridge");
-    assert!(c1.ping("fd88::3"), "c1 -> c2 over IPv6");
+    assert!(ping(&c1, "10.88.0.3").await, "c1 -> c2");
+    assert!(ping(&c2, "10.88.0.2").await, "c2 -> c1");
+    assert!(ping(&c1, "10.88.0.1").await, "c1 -> bridge");
+    assert!(ping(&c2, "10.88.0.1").await, "c2 -> bridge");
+    assert!(ping(&c1, "fd88::3").await, "c1 -> c2 over IPv6");
 
     // Detach: deleting the host end removes both ends.
     host.link().delete_by_name("veth-c1").await.unwrap();
     assert!(!names(&host.link().list().await.unwrap()).contains(&"veth-c1"));
-    let inside = c1.handle().await;
+    let inside = handle(&c1).await;
     assert_eq!(names(&inside.link().list().await.unwrap()), vec!["lo"]);
-    assert!(!c2.ping("10.88.0.2"), "c1 is gone");
+    assert!(
+        !probe::can_ping(&c2, ip("10.88.0.2"), std::time::Duration::from_millis(500)).await,
+        "c1 is gone"
+    );
 }
 
 #[tokio::test]
 async fn error_paths_are_typed_and_leave_nothing_behind() {
-    let host_ns = Lab::new("host").await;
-    let c = Lab::new("c").await;
-    let host = host_ns.handle().await;
+    let lab = Lab::new();
+    let host_ns = lab.namespace("host").await.unwrap();
+    let c = lab.namespace("c").await.unwrap();
+    let host = handle(&host_ns).await;
     let before = names(&host.link().list().await.unwrap()).join(",");
 
     // Name taken.
@@ -209,7 +169,7 @@ async fn error_paths_are_typed_and_leave_nothing_behind() {
     assert_eq!(e.kind(), SysErrorKind::AlreadyExists, "{e}");
     assert!(e.to_string().contains(r#"creating bridge "br0""#), "{e}");
     assert!(
-        e.to_string().contains(&host_ns.name),
+        e.to_string().contains(&lab.name("host")),
         "names the namespace: {e}"
     );
 
@@ -224,19 +184,19 @@ async fn error_paths_are_typed_and_leave_nothing_behind() {
     assert_eq!(e.kind(), SysErrorKind::InvalidName, "{e}");
 
     // A namespace that does not exist cannot even be held.
-    let e = NetNs::open(&format!("{}-missing", c.name)).unwrap_err();
+    let e = NetNs::open(&lab.name("missing")).unwrap_err();
     assert_eq!(e.kind(), SysErrorKind::NotFound, "{e}");
 
     // A veth whose peer name is taken in the target namespace fails whole: no host end.
     host.link()
-        .add(LinkSpec::veth("first").peer(VethPeer::new("eth0").netns(&c.ns)))
+        .add(LinkSpec::veth("first").peer(VethPeer::new("eth0").netns(&c)))
         .await
         .unwrap();
     let e = host
         .link()
         .add(
             LinkSpec::veth("second")
-                .peer(VethPeer::new("eth0").netns(&c.ns))
+                .peer(VethPeer::new("eth0").netns(&c))
                 .up(),
         )
         .await
@@ -245,7 +205,7 @@ async fn error_paths_are_typed_and_leave_nothing_behind() {
     assert!(
         e.to_string().contains(&format!(
             r#"creating veth "second" (peer "eth0" in namespace "{}")"#,
-            c.name
+            lab.name("c")
         )),
         "{e}"
     );
@@ -272,15 +232,16 @@ async fn error_paths_are_typed_and_leave_nothing_behind() {
     host.link().delete_by_name("br0").await.unwrap();
     assert_eq!(names(&host.link().list().await.unwrap()).join(","), before);
     assert_eq!(
-        names(&c.handle().await.link().list().await.unwrap()),
+        names(&handle(&c).await.link().list().await.unwrap()),
         vec!["lo"]
     );
 }
 
 #[tokio::test]
 async fn vxlan_with_fdb_and_neighbour_entries() {
-    let host_ns = Lab::new("host").await;
-    let host = host_ns.handle().await;
+    let lab = Lab::new();
+    let host_ns = lab.namespace("host").await.unwrap();
+    let host = handle(&host_ns).await;
     host.link().add(LinkSpec::bridge("ul0").up()).await.unwrap();
     let ul = host.link().get("ul0").await.unwrap();
     host.address()
@@ -363,9 +324,10 @@ async fn vxlan_with_fdb_and_neighbour_entries() {
 
 #[tokio::test]
 async fn macvlan_created_inside_a_container() {
-    let host_ns = Lab::new("host").await;
-    let c = Lab::new("c").await;
-    let host = host_ns.handle().await;
+    let lab = Lab::new();
+    let host_ns = lab.namespace("host").await.unwrap();
+    let c = lab.namespace("c").await.unwrap();
+    let host = handle(&host_ns).await;
     host.link()
         .add(
             LinkSpec::veth("parent0")
@@ -381,12 +343,12 @@ async fn macvlan_created_inside_a_container() {
         ("mvv", MacvlanMode::Vepa),
     ] {
         host.link()
-            .add(LinkSpec::macvlan(name, parent.index, mode).netns(&c.ns))
+            .add(LinkSpec::macvlan(name, parent.index, mode).netns(&c))
             .await
             .unwrap();
     }
     assert!(!names(&host.link().list().await.unwrap()).contains(&"mvb"));
-    let inside = c.handle().await;
+    let inside = handle(&c).await;
     let mv = inside.link().get("mvb").await.unwrap();
     assert_eq!(mv.kind, Some(LinkKind::Macvlan));
     inside.link().set_up(mv.index).await.unwrap();
@@ -408,7 +370,7 @@ async fn macvlan_created_inside_a_container() {
         .unwrap();
     let p1 = host.link().get("parent1").await.unwrap();
     host.link()
-        .add(LinkSpec::macvlan("mvpt", p1.index, MacvlanMode::Passthru).netns(&c.ns))
+        .add(LinkSpec::macvlan("mvpt", p1.index, MacvlanMode::Passthru).netns(&c))
         .await
         .unwrap();
     assert_eq!(
@@ -419,7 +381,8 @@ async fn macvlan_created_inside_a_container() {
 
 #[tokio::test]
 async fn sysctl_changes_the_lab_namespace_only() {
-    let host_ns = Lab::new("host").await;
+    let lab = Lab::new();
+    let host_ns = lab.namespace("host").await.unwrap();
     let root = NetNs::current().unwrap();
     let root_before = sysctl::read(&root, "net/ipv4/ip_forward").await.unwrap();
     let root_localnet = sysctl::read(&root, "net.ipv4.conf.all.route_localnet")
@@ -427,20 +390,18 @@ async fn sysctl_changes_the_lab_namespace_only() {
         .unwrap();
 
     let flip = if root_before == "1" { "0" } else { "1" };
-    sysctl::write(&host_ns.ns, "net/ipv4/ip_forward", flip)
+    sysctl::write(&host_ns, "net/ipv4/ip_forward", flip)
         .await
         .unwrap();
     assert_eq!(
-        sysctl::read(&host_ns.ns, "net/ipv4/ip_forward")
-            .await
-            .unwrap(),
+        sysctl::read(&host_ns, "net/ipv4/ip_forward").await.unwrap(),
         flip
     );
 
-    let host = host_ns.handle().await;
+    let host = handle(&host_ns).await;
     host.link().add(LinkSpec::bridge("br-s")).await.unwrap();
     sysctl::write_many(
-        &host_ns.ns,
+        &host_ns,
         &[
             ("net/ipv4/conf/br-s/route_localnet", "1"),
             ("net/ipv6/conf/all/disable_ipv6", "0"),
@@ -449,7 +410,7 @@ async fn sysctl_changes_the_lab_namespace_only() {
     .await
     .unwrap();
     assert_eq!(
-        sysctl::read(&host_ns.ns, "net/ipv4/conf/br-s/route_localnet")
+        sysctl::read(&host_ns, "net/ipv4/conf/br-s/route_localnet")
             .await
             .unwrap(),
         "1"
@@ -465,11 +426,11 @@ async fn sysctl_changes_the_lab_namespace_only() {
             .unwrap(),
         root_localnet
     );
-    let e = sysctl::read(&host_ns.ns, "net/ipv4/conf/nosuch0/route_localnet")
+    let e = sysctl::read(&host_ns, "net/ipv4/conf/nosuch0/route_localnet")
         .await
         .unwrap_err();
     assert_eq!(e.kind(), SysErrorKind::NotFound, "{e}");
-    let e = sysctl::write(&host_ns.ns, "kernel/hostname", "x")
+    let e = sysctl::write(&host_ns, "kernel/hostname", "x")
         .await
         .unwrap_err();
     assert_eq!(e.kind(), SysErrorKind::InvalidName, "{e}");
@@ -477,14 +438,15 @@ async fn sysctl_changes_the_lab_namespace_only() {
 
 #[tokio::test]
 async fn link_group_delete_removes_many_veths_at_once() {
-    let host_ns = Lab::new("host").await;
-    let c = Lab::new("c").await;
-    let host = host_ns.handle().await;
+    let lab = Lab::new();
+    let host_ns = lab.namespace("host").await.unwrap();
+    let c = lab.namespace("c").await.unwrap();
+    let host = handle(&host_ns).await;
     for i in 0..8 {
         host.link()
             .add(
                 LinkSpec::veth(format!("g{i}"))
-                    .peer(VethPeer::new(format!("eth{i}")).netns(&c.ns))
+                    .peer(VethPeer::new(format!("eth{i}")).netns(&c))
                     .group(42),
             )
             .await
@@ -502,7 +464,7 @@ async fn link_group_delete_removes_many_veths_at_once() {
     assert!(left.iter().all(|l| l.group != 42), "{left:?}");
     assert!(names(&left).contains(&"keep0"));
     assert_eq!(
-        names(&c.handle().await.link().list().await.unwrap()),
+        names(&handle(&c).await.link().list().await.unwrap()),
         vec!["lo"]
     );
 
@@ -515,8 +477,9 @@ async fn link_group_delete_removes_many_veths_at_once() {
 
 #[tokio::test]
 async fn vlan_is_not_supported_by_this_kernel() {
-    let host_ns = Lab::new("host").await;
-    let host = host_ns.handle().await;
+    let lab = Lab::new();
+    let host_ns = lab.namespace("host").await.unwrap();
+    let host = handle(&host_ns).await;
     host.link()
         .add(LinkSpec::veth("trunk0").peer(VethPeer::new("trunk0p")))
         .await
@@ -538,9 +501,10 @@ async fn vlan_is_not_supported_by_this_kernel() {
 
 #[tokio::test]
 async fn link_changes_and_hairpin() {
-    let host_ns = Lab::new("host").await;
-    let c = Lab::new("c").await;
-    let host = host_ns.handle().await;
+    let lab = Lab::new();
+    let host_ns = lab.namespace("host").await.unwrap();
+    let c = lab.namespace("c").await.unwrap();
+    let host = handle(&host_ns).await;
     host.link().add(LinkSpec::bridge("br1").up()).await.unwrap();
     let br = host.link().get("br1").await.unwrap();
     host.link()
@@ -587,19 +551,20 @@ async fn link_changes_and_hairpin() {
     host.link().set_group(r.index, 0).await.unwrap();
 
     // Moving into a container.
-    host.link().set_netns(r.index, &c.ns).await.unwrap();
+    host.link().set_netns(r.index, &c).await.unwrap();
     assert_eq!(
         host.link().get("renamed0").await.unwrap_err().kind(),
         SysErrorKind::NotFound
     );
-    let moved = c.handle().await.link().get("renamed0").await.unwrap();
+    let moved = handle(&c).await.link().get("renamed0").await.unwrap();
     assert_eq!(moved.mtu, 1300);
 }
 
 #[tokio::test]
 async fn routes_v4_and_v6() {
-    let host_ns = Lab::new("host").await;
-    let host = host_ns.handle().await;
+    let lab = Lab::new();
+    let host_ns = lab.namespace("host").await.unwrap();
+    let host = handle(&host_ns).await;
     host.link()
         .add(LinkSpec::veth("r0").peer(VethPeer::new("r0p")).up())
         .await
@@ -694,16 +659,18 @@ async fn current_namespace_handle_reads_only() {
     let links = h.link().list().await.unwrap();
     assert!(links.iter().any(|l| l.name == "lo"));
     // Opening by name goes through /run/netns.
-    let lab = Lab::new("named").await;
-    let named = Handle::open(&lab.name).await.unwrap();
-    assert_eq!(named.netns(), &lab.ns);
+    let lab = Lab::new();
+    let ns = lab.namespace("named").await.unwrap();
+    let named = Handle::open(&lab.name("named")).await.unwrap();
+    assert_eq!(named.netns(), &ns);
     assert_eq!(names(&named.link().list().await.unwrap()), vec!["lo"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handles_work_on_a_multi_threaded_runtime() {
-    let lab = Lab::new("mt").await;
-    let h = lab.handle().await;
+    let lab = Lab::new();
+    let ns = lab.namespace("mt").await.unwrap();
+    let h = handle(&ns).await;
     let mut tasks = Vec::new();
     for i in 0..4 {
         let h = h.clone();

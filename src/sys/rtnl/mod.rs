@@ -48,12 +48,12 @@ use super::netns::NetNs;
 
 pub use address::{Address, Addresses};
 pub use link::{
-    IFNAME_MAX_LEN, Link, LinkChange, LinkKind, LinkSpec, Links, MacvlanMode, VethPeer, VxlanSpec,
-    validate_ifname,
+    IFNAME_MAX_LEN, Link, LinkChange, LinkKind, LinkOps, LinkSpec, Links, MacvlanMode, VXLAN_PORT,
+    VethPeer, VxlanSpec, validate_ifname,
 };
 pub use mac::{MacAddr, ParseMacError};
 pub use neigh::{Fdb, FdbEntry, NeighState, Neighbour, NeighbourEntry, Neighbours};
-pub use route::{IpVersion, Route, RouteEntry, RouteKind, Routes, Scope};
+pub use route::{IpVersion, Route, RouteEntry, RouteKind, Routes, Scope, TABLE_MAIN};
 
 /// A route-netlink connection bound to one network namespace.
 ///
