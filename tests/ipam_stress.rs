@@ -80,3 +80,42 @@ async fn concurrent_tasks_on_the_embedded_store_never_duplicate() {
     churn(ipam, 16, 10, 8).await;
     assert!(store.list("ipam/v1/local/addrs/").await.unwrap().is_empty());
 }
+
+/// Concurrent subnet requests from two allocators sharing a store never overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_subnet_requests_never_overlap() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let a = Ipam::open(Arc::clone(&store), IpamOptions::local(b"h"))
+        .await
+        .unwrap();
+    let b = Ipam::open(Arc::clone(&store), IpamOptions::local(b"h"))
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..24 {
+        let ipam = if i % 2 == 0 { a.clone() } else { b.clone() };
+        handles.push(tokio::spawn(async move {
+            ipam.request_subnet(SubnetRequest::new(format!("n{i}"), format!("net{i}")))
+                .await
+                .unwrap()
+                .subnet
+        }));
+    }
+    let mut subnets = Vec::new();
+    for h in handles {
+        subnets.push(h.await.unwrap());
+    }
+    for (i, x) in subnets.iter().enumerate() {
+        for y in &subnets[i + 1..] {
+            assert!(
+                !(x.contains(y.network()) || y.contains(x.network())),
+                "{x} overlaps {y}"
+            );
+        }
+    }
+    // Together they took exactly the first 24 pool subnets.
+    let mut sorted = subnets.clone();
+    sorted.sort();
+    assert_eq!(sorted.len(), 24);
+    assert!(sorted.contains(&"172.17.0.0/16".parse().unwrap()));
+}

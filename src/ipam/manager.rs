@@ -267,6 +267,9 @@ struct Inner {
     options: IpamOptions,
     prefix: String,
     state: Mutex<State>,
+    /// Serializes this allocator's subnet requests (rare), so that optimistic retries are only
+    /// needed against other allocators sharing the store.
+    subnet_requests: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -502,6 +505,7 @@ impl Ipam {
                 options,
                 prefix,
                 state: Mutex::new(State::default()),
+                subnet_requests: tokio::sync::Mutex::new(()),
             }),
         };
         ipam.reload().await?;
@@ -584,7 +588,25 @@ impl Ipam {
                 }),
             }
         }
-        *self.state() = state;
+        {
+            let mut current = self.state();
+            // Keep the markers of operations in progress: a subnet being released stays so, and
+            // an address whose store write is pending stays taken until that write settles.
+            for (subnet, old) in &current.subnets {
+                if let Some(new) = state
+                    .subnets
+                    .get_mut(subnet)
+                    .filter(|e| e.lease.network_id == old.lease.network_id)
+                {
+                    new.releasing = old.releasing;
+                    for ip in &old.in_flight {
+                        let _ = new.alloc.restore(*ip);
+                        new.in_flight.insert(*ip);
+                    }
+                }
+            }
+            *current = state;
+        }
         if !orphans.is_empty() {
             tracing::warn!(count = orphans.len(), "deleting orphaned IPAM address keys");
             for chunk in orphans.chunks(MAX_BATCH_OPS) {
@@ -617,6 +639,7 @@ impl Ipam {
         if let Some(subnet) = req.config.subnet {
             build_lease(&req, subnet, mode)?;
         }
+        let _serial = self.inner.subnet_requests.lock().await;
         let store = &self.inner.store;
         let table_key = self.table_key();
         for _ in 0..SUBNET_ATTEMPTS {
@@ -635,12 +658,14 @@ impl Ipam {
                     subnet
                 }
                 None => {
+                    // A default route (length 0) would overlap everything: it is not a
+                    // reason to skip a subnet.
                     let occupied = Occupied::new(
                         family,
                         leases
                             .iter()
                             .map(|l| l.subnet)
-                            .chain(req.avoid.iter().copied()),
+                            .chain(req.avoid.iter().copied().filter(|r| r.prefix() > 0)),
                     );
                     first_free_subnet(&self.inner.options.pools, family, &occupied).ok_or_else(
                         || IpamError::PoolsExhausted {

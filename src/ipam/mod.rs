@@ -22,6 +22,8 @@
 //! controller, or watching the store (a cluster allocator catches up through
 //! [`Ipam::reload`], which it also does by itself when a network is unknown or looks full).
 
+#![warn(missing_docs)]
+
 pub mod allocator;
 pub mod bitmap;
 mod config;

@@ -152,12 +152,11 @@ pub(crate) struct Occupied {
 }
 
 impl Occupied {
-    /// Builds the set from prefixes (any family; only `family` is kept). Prefixes of length 0
-    /// (default routes) are ignored: they would overlap everything.
+    /// Builds the set from prefixes (any family; only `family` is kept).
     pub(crate) fn new(family: Family, prefixes: impl IntoIterator<Item = IpNetwork>) -> Self {
         let mut spans: Vec<(u128, u128)> = prefixes
             .into_iter()
-            .filter(|p| Family::of_net(*p) == family && p.prefix() > 0)
+            .filter(|p| Family::of_net(*p) == family)
             .map(span)
             .collect();
         spans.sort_unstable();
@@ -237,7 +236,7 @@ mod tests {
         let pools = [PoolSpec::new(net("10.0.0.0/16"), 24).unwrap()];
         let occ = Occupied::new(
             Family::V4,
-            [net("10.0.0.0/23"), net("10.0.2.128/25"), net("0.0.0.0/0")],
+            [net("10.0.0.0/23"), net("10.0.2.128/25"), net("fd00::/8")],
         );
         assert_eq!(
             first_free_subnet(&pools, Family::V4, &occ),

@@ -18,6 +18,8 @@
 //! (a watch starts at "now"; list first, then drop watch events whose revision is not newer).
 //! It knows nothing about networks, IPAM or the kernel.
 
+#![warn(missing_docs)]
+
 mod embedded;
 mod memory;
 mod watch;
