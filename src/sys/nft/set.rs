@@ -1,0 +1,530 @@
+//! Sets and maps: named collections in a table that rules look keys up in, so that adding the
+//! 1000th interface or published port is one element, not one more rule.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use netlink_packet_netfilter::nftables::{
+    DataAttribute, ListAttribute, SetAttribute, SetElementAttribute, SetFlags,
+};
+use serde::{Deserialize, Serialize};
+
+use super::expr::Verdict;
+use super::table::Table;
+
+/// `IFNAMSIZ`: interface names are compared as 16 zero-padded bytes.
+pub const IFNAMSIZ: usize = 16;
+
+/// The type of one field of a set key or map value (`nft`'s datatypes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataType {
+    /// `ipv4_addr`
+    Ipv4Addr,
+    /// `ipv6_addr`
+    Ipv6Addr,
+    /// `ether_addr`
+    EtherAddr,
+    /// `inet_proto` (layer 4 protocol number)
+    InetProto,
+    /// `inet_service` (a port)
+    InetService,
+    /// `mark`
+    Mark,
+    /// `ifname`
+    IfName,
+    /// Any other `nft` datatype, by number and byte length.
+    Other {
+        /// The datatype number.
+        id: u32,
+        /// Its length in bytes.
+        len: u32,
+    },
+}
+
+impl DataType {
+    /// `nft`'s datatype number.
+    pub fn id(self) -> u32 {
+        match self {
+            Self::Ipv4Addr => 7,
+            Self::Ipv6Addr => 8,
+            Self::EtherAddr => 9,
+            Self::InetProto => 12,
+            Self::InetService => 13,
+            Self::Mark => 19,
+            Self::IfName => 41,
+            Self::Other { id, .. } => id,
+        }
+    }
+
+    /// Length in bytes.
+    pub fn byte_len(self) -> u32 {
+        match self {
+            Self::Ipv4Addr | Self::Mark => 4,
+            Self::Ipv6Addr => 16,
+            Self::EtherAddr => 6,
+            Self::InetProto => 1,
+            Self::InetService => 2,
+            Self::IfName => IFNAMSIZ as u32,
+            Self::Other { len, .. } => len,
+        }
+    }
+
+    fn from_id(id: u32) -> Self {
+        match id {
+            7 => Self::Ipv4Addr,
+            8 => Self::Ipv6Addr,
+            9 => Self::EtherAddr,
+            12 => Self::InetProto,
+            13 => Self::InetService,
+            19 => Self::Mark,
+            41 => Self::IfName,
+            id => Self::Other { id, len: 0 },
+        }
+    }
+
+    /// A concatenation `self . next` (`ipv4_addr . inet_service`).
+    pub fn concat(self, next: DataType) -> KeyType {
+        KeyType(vec![self, next])
+    }
+}
+
+/// The type of a set key or map value: one datatype or a concatenation of several.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KeyType(pub Vec<DataType>);
+
+/// Bits per datatype in a concatenation's type number (`nft`'s `TYPE_BITS`).
+const TYPE_BITS: u32 = 6;
+
+impl KeyType {
+    /// Appends a field to the concatenation.
+    pub fn concat(mut self, next: DataType) -> KeyType {
+        self.0.push(next);
+        self
+    }
+
+    /// The fields.
+    pub fn fields(&self) -> &[DataType] {
+        &self.0
+    }
+
+    /// The type number the kernel stores (concatenations pack 6 bits per field).
+    pub fn id(&self) -> u32 {
+        match self.0.as_slice() {
+            [one] => one.id(),
+            many => many.iter().fold(0, |acc, t| (acc << TYPE_BITS) | t.id()),
+        }
+    }
+
+    /// The key length in bytes (each field of a concatenation padded to 4 bytes).
+    pub fn byte_len(&self) -> u32 {
+        match self.0.as_slice() {
+            [one] => one.byte_len(),
+            many => many.iter().map(|t| t.byte_len().div_ceil(4) * 4).sum(),
+        }
+    }
+
+    /// True for a type with no field (never valid).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Decodes a type number (and key length, to tell a single datatype from a
+    /// concatenation).
+    pub(crate) fn from_id(id: u32, len: u32) -> Self {
+        let single = DataType::from_id(id);
+        if !matches!(single, DataType::Other { .. }) && single.byte_len() == len {
+            return KeyType(vec![single]);
+        }
+        let mut fields = Vec::new();
+        let mut rest = id;
+        while rest != 0 {
+            fields.push(DataType::from_id(rest & ((1 << TYPE_BITS) - 1)));
+            rest >>= TYPE_BITS;
+        }
+        fields.reverse();
+        let known: u32 = fields.iter().map(|t| t.byte_len().div_ceil(4) * 4).sum();
+        if fields.len() > 1 && known == len && fields.iter().all(|t| t.byte_len() > 0) {
+            KeyType(fields)
+        } else {
+            KeyType(vec![DataType::Other { id, len }])
+        }
+    }
+}
+
+impl From<DataType> for KeyType {
+    fn from(t: DataType) -> Self {
+        KeyType(vec![t])
+    }
+}
+
+/// What a map maps its keys to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapData {
+    /// A verdict (`vmap`): `accept`, `drop`, `jump CHAIN`...
+    Verdict,
+    /// Data of the given type (`ipv4_addr . inet_service` for a dnat map).
+    Value(KeyType),
+}
+
+/// `NFT_DATA_VERDICT`: the data type of verdict maps.
+const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
+
+/// A named set or map.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Set {
+    /// The table it is in.
+    pub table: Table,
+    /// Its name.
+    pub name: String,
+    /// Key type.
+    pub key: KeyType,
+    /// For maps: what keys map to. `None` for a plain set.
+    pub data: Option<MapData>,
+    /// `flags constant`: the contents cannot change once a rule uses it.
+    pub constant: bool,
+}
+
+impl Set {
+    /// `set NAME { type KEY; }`.
+    pub fn new(table: &Table, name: impl Into<String>, key: impl Into<KeyType>) -> Self {
+        Self {
+            table: table.clone(),
+            name: name.into(),
+            key: key.into(),
+            data: None,
+            constant: false,
+        }
+    }
+
+    /// `map NAME { type KEY : DATA; }`.
+    pub fn map(
+        table: &Table,
+        name: impl Into<String>,
+        key: impl Into<KeyType>,
+        data: impl Into<KeyType>,
+    ) -> Self {
+        Self {
+            data: Some(MapData::Value(data.into())),
+            ..Self::new(table, name, key)
+        }
+    }
+
+    /// `map NAME { type KEY : verdict; }` (used with [`Rule::vmap`](super::Rule::vmap)).
+    pub fn vmap(table: &Table, name: impl Into<String>, key: impl Into<KeyType>) -> Self {
+        Self {
+            data: Some(MapData::Verdict),
+            ..Self::new(table, name, key)
+        }
+    }
+
+    /// Marks the set constant.
+    pub fn constant(mut self) -> Self {
+        self.constant = true;
+        self
+    }
+
+    pub(crate) fn to_attrs(&self, id: u32) -> Vec<SetAttribute> {
+        let mut flags = SetFlags::empty();
+        if self.data.is_some() {
+            flags |= SetFlags::Map;
+        }
+        if self.constant {
+            flags |= SetFlags::Constant;
+        }
+        let mut attrs = vec![
+            SetAttribute::Table(self.table.name.clone()),
+            SetAttribute::Name(self.name.clone()),
+            SetAttribute::Flags(flags),
+            SetAttribute::KeyType(self.key.id()),
+            SetAttribute::KeyLen(self.key.byte_len()),
+        ];
+        match &self.data {
+            None => {}
+            Some(MapData::Verdict) => {
+                attrs.push(SetAttribute::DataType(NFT_DATA_VERDICT));
+                attrs.push(SetAttribute::DataLen(0));
+            }
+            Some(MapData::Value(t)) => {
+                attrs.push(SetAttribute::DataType(t.id()));
+                attrs.push(SetAttribute::DataLen(t.byte_len()));
+            }
+        }
+        attrs.push(SetAttribute::Id(id));
+        attrs
+    }
+
+    pub(crate) fn from_attrs(table: &Table, attrs: &[SetAttribute]) -> Option<Self> {
+        let (mut tname, mut name, mut flags) = (None, None, SetFlags::empty());
+        let (mut ktype, mut klen, mut dtype, mut dlen) = (None, 0, None, 0);
+        for a in attrs {
+            match a {
+                SetAttribute::Table(t) => tname = Some(t.as_str()),
+                SetAttribute::Name(n) => name = Some(n.clone()),
+                SetAttribute::Flags(f) => flags = *f,
+                SetAttribute::KeyType(t) => ktype = Some(*t),
+                SetAttribute::KeyLen(l) => klen = *l,
+                SetAttribute::DataType(t) => dtype = Some(*t),
+                SetAttribute::DataLen(l) => dlen = *l,
+                _ => {}
+            }
+        }
+        if tname? != table.name || flags.contains(SetFlags::Anonymous) {
+            return None;
+        }
+        let data = match (flags.contains(SetFlags::Map), dtype) {
+            (true, Some(NFT_DATA_VERDICT)) => Some(MapData::Verdict),
+            (true, Some(t)) => Some(MapData::Value(KeyType::from_id(t, dlen))),
+            _ => None,
+        };
+        Some(Self {
+            table: table.clone(),
+            name: name?,
+            key: KeyType::from_id(ktype.unwrap_or(0), klen),
+            data,
+            constant: flags.contains(SetFlags::Constant),
+        })
+    }
+}
+
+impl std::fmt::Display for Set {
+    /// `set "bridges" of table inet "wharf"` (or `map ...`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.data.is_some() { "map" } else { "set" };
+        write!(f, "{kind} {:?} of {}", self.name, self.table)
+    }
+}
+
+/// One field value of a set key or map value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Value {
+    /// An IPv4 address.
+    Ipv4(Ipv4Addr),
+    /// An IPv6 address.
+    Ipv6(Ipv6Addr),
+    /// A MAC address.
+    Ether([u8; 6]),
+    /// A layer 4 protocol number.
+    Proto(u8),
+    /// A port.
+    Port(u16),
+    /// A packet mark.
+    Mark(u32),
+    /// An interface name (at most 15 bytes).
+    IfName(String),
+    /// Bytes of a type wharf does not model.
+    Raw(Vec<u8>),
+}
+
+impl From<Ipv4Addr> for Value {
+    fn from(a: Ipv4Addr) -> Self {
+        Value::Ipv4(a)
+    }
+}
+
+impl From<Ipv6Addr> for Value {
+    fn from(a: Ipv6Addr) -> Self {
+        Value::Ipv6(a)
+    }
+}
+
+impl From<IpAddr> for Value {
+    fn from(a: IpAddr) -> Self {
+        match a {
+            IpAddr::V4(a) => Value::Ipv4(a),
+            IpAddr::V6(a) => Value::Ipv6(a),
+        }
+    }
+}
+
+impl Value {
+    /// The bytes the kernel compares (network order for addresses and ports, host order for
+    /// marks, NUL-padded for interface names).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Ipv4(a) => a.octets().to_vec(),
+            Self::Ipv6(a) => a.octets().to_vec(),
+            Self::Ether(m) => m.to_vec(),
+            Self::Proto(p) => vec![*p],
+            Self::Port(p) => p.to_be_bytes().to_vec(),
+            Self::Mark(m) => m.to_ne_bytes().to_vec(),
+            Self::IfName(n) => ifname_bytes(n).to_vec(),
+            Self::Raw(b) => b.clone(),
+        }
+    }
+
+    fn from_bytes(t: DataType, b: &[u8]) -> Value {
+        let fixed = |n: usize| b.get(..n);
+        let parsed =
+            match t {
+                DataType::Ipv4Addr => fixed(4)
+                    .and_then(|b| <[u8; 4]>::try_from(b).ok().map(|o| Value::Ipv4(o.into()))),
+                DataType::Ipv6Addr => fixed(16)
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok().map(|o| Value::Ipv6(o.into()))),
+                DataType::EtherAddr => fixed(6).and_then(|b| b.try_into().ok().map(Value::Ether)),
+                DataType::InetProto => b.first().map(|p| Value::Proto(*p)),
+                DataType::InetService => fixed(2).and_then(|b| {
+                    b.try_into()
+                        .ok()
+                        .map(|p| Value::Port(u16::from_be_bytes(p)))
+                }),
+                DataType::Mark => fixed(4).and_then(|b| {
+                    b.try_into()
+                        .ok()
+                        .map(|m| Value::Mark(u32::from_ne_bytes(m)))
+                }),
+                DataType::IfName => {
+                    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+                    std::str::from_utf8(&b[..end])
+                        .ok()
+                        .map(|s| Value::IfName(s.to_owned()))
+                }
+                DataType::Other { .. } => None,
+            };
+        parsed.unwrap_or_else(|| Value::Raw(b.to_vec()))
+    }
+}
+
+/// An interface name as the kernel compares it: 16 bytes, NUL padded (longer names are cut,
+/// as the kernel would never report them).
+pub fn ifname_bytes(name: &str) -> [u8; IFNAMSIZ] {
+    let mut out = [0u8; IFNAMSIZ];
+    for (dst, src) in out.iter_mut().zip(name.bytes().take(IFNAMSIZ - 1)) {
+        *dst = src;
+    }
+    out
+}
+
+/// The bytes of a concatenation of values: each field padded to 4 bytes (a single field is
+/// not padded).
+pub(crate) fn concat_bytes(values: &[Value]) -> Vec<u8> {
+    if let [one] = values {
+        return one.to_bytes();
+    }
+    let mut out = Vec::new();
+    for v in values {
+        let mut b = v.to_bytes();
+        b.resize(b.len().div_ceil(4) * 4, 0);
+        out.extend(b);
+    }
+    out
+}
+
+fn split_values(t: &KeyType, bytes: &[u8]) -> Vec<Value> {
+    match t.fields() {
+        [one] => vec![Value::from_bytes(*one, bytes)],
+        many => {
+            let mut out = Vec::new();
+            let mut at = 0usize;
+            for f in many {
+                let len = f.byte_len() as usize;
+                let end = (at + len).min(bytes.len());
+                out.push(Value::from_bytes(*f, &bytes[at.min(end)..end]));
+                at += len.div_ceil(4) * 4;
+            }
+            out
+        }
+    }
+}
+
+/// What a map element maps its key to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ElemData {
+    /// A value (its fields, for a concatenation).
+    Value(Vec<Value>),
+    /// A verdict, in a verdict map.
+    Verdict(Verdict),
+}
+
+/// A set element (or map entry).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Elem {
+    /// The key's fields (one, or several for a concatenation).
+    pub key: Vec<Value>,
+    /// For maps, what the key maps to.
+    pub data: Option<ElemData>,
+}
+
+impl Elem {
+    /// An element with the given key fields (`10.0.0.1 . 8080`).
+    pub fn new(key: impl IntoIterator<Item = Value>) -> Self {
+        Self {
+            key: key.into_iter().collect(),
+            data: None,
+        }
+    }
+
+    /// An interface name element (`"br0"`).
+    pub fn ifname(name: impl Into<String>) -> Self {
+        Self::new([Value::IfName(name.into())])
+    }
+
+    /// An address element.
+    pub fn addr(addr: impl Into<IpAddr>) -> Self {
+        Self::new([Value::from(addr.into())])
+    }
+
+    /// A port element.
+    pub fn port(port: u16) -> Self {
+        Self::new([Value::Port(port)])
+    }
+
+    /// Makes this a map entry: `KEY : VALUE`.
+    pub fn to(mut self, data: impl IntoIterator<Item = Value>) -> Self {
+        self.data = Some(ElemData::Value(data.into_iter().collect()));
+        self
+    }
+
+    /// Makes this a verdict map entry: `KEY : VERDICT`.
+    pub fn to_verdict(mut self, verdict: Verdict) -> Self {
+        self.data = Some(ElemData::Verdict(verdict));
+        self
+    }
+
+    pub(crate) fn to_attr(&self) -> ListAttribute<SetElementAttribute> {
+        let mut attrs = vec![SetElementAttribute::Key(DataAttribute::Value(
+            concat_bytes(&self.key),
+        ))];
+        match &self.data {
+            None => {}
+            Some(ElemData::Value(v)) => attrs.push(SetElementAttribute::Data(
+                DataAttribute::Value(concat_bytes(v)),
+            )),
+            Some(ElemData::Verdict(v)) => attrs.push(SetElementAttribute::Data(
+                DataAttribute::Verdict(v.to_attrs()),
+            )),
+        }
+        ListAttribute::Element(attrs)
+    }
+
+    pub(crate) fn from_attr(set: &Set, attr: &ListAttribute<SetElementAttribute>) -> Option<Self> {
+        let ListAttribute::Element(attrs) = attr else {
+            return None;
+        };
+        let mut elem = Elem {
+            key: Vec::new(),
+            data: None,
+        };
+        for a in attrs {
+            match a {
+                SetElementAttribute::Key(DataAttribute::Value(b)) => {
+                    elem.key = split_values(&set.key, b);
+                }
+                SetElementAttribute::Data(DataAttribute::Value(b)) => {
+                    let t = match &set.data {
+                        Some(MapData::Value(t)) => t.clone(),
+                        _ => KeyType(vec![DataType::Other { id: 0, len: 0 }]),
+                    };
+                    elem.data = Some(ElemData::Value(split_values(&t, b)));
+                }
+                SetElementAttribute::Data(DataAttribute::Verdict(v)) => {
+                    elem.data = Some(ElemData::Verdict(Verdict::from_attrs(v)?));
+                }
+                _ => {}
+            }
+        }
+        Some(elem)
+    }
+}
