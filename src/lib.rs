@@ -8,3 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod sys;
+
+pub mod controller;
+pub mod dns;
+pub mod lab;

@@ -1,0 +1,499 @@
+//! Clients and servers that run inside a namespace and prove behaviour with real packets.
+//!
+//! Each client opens its socket on a dedicated thread inside the namespace (see
+//! [`NetNs::run`]) and does its blocking I/O there; servers open their listening socket the same
+//! way and then serve from a tokio task, since a socket stays in the namespace it was opened in.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use nix::sys::socket::{
+    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage, recvfrom, sendto,
+    setsockopt, socket, sockopt,
+};
+use nix::sys::time::TimeVal;
+use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
+
+use crate::sys::{NetNs, SysError};
+
+/// How long a probe waits by default before calling a destination unreachable.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a probe did not get through.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// Entering the namespace or opening a socket there failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// No answer within the timeout.
+    #[error("{what}: no answer within {timeout:?}")]
+    Timeout {
+        /// What was probed.
+        what: String,
+        /// How long the probe waited.
+        timeout: Duration,
+    },
+    /// The destination answered that it is unreachable (ICMP error, TCP reset, no route).
+    #[error("{what}: unreachable ({detail})")]
+    Unreachable {
+        /// What was probed.
+        what: String,
+        /// The kernel's or peer's reason.
+        detail: String,
+    },
+    /// Any other I/O error.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was probed.
+        what: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A DNS answer that could not be decoded.
+    #[error("{what}: bad DNS reply: {detail}")]
+    Dns {
+        /// What was asked.
+        what: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl ProbeError {
+    fn io(what: &str, source: std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        match source.kind() {
+            TimedOut | WouldBlock => Self::Timeout {
+                what: what.into(),
+                timeout: DEFAULT_TIMEOUT,
+            },
+            ConnectionRefused | HostUnreachable | NetworkUnreachable | ConnectionReset => {
+                Self::Unreachable {
+                    what: what.into(),
+                    detail: source.to_string(),
+                }
+            }
+            _ => Self::Io {
+                what: what.into(),
+                source,
+            },
+        }
+    }
+}
+
+static PING_IDENT: AtomicU16 = AtomicU16::new(0);
+
+/// Sends ICMP echo requests from `ns` to `dst` (one every 200 ms) until a reply arrives or
+/// `timeout` passes. Returns the round-trip time of the first reply.
+///
+/// Fails fast with [`ProbeError::Unreachable`] when an ICMP error about the probe comes back or
+/// the kernel has no route.
+pub async fn ping(ns: &NetNs, dst: IpAddr, timeout: Duration) -> Result<Duration, ProbeError> {
+    ns.run(move || ping_blocking(dst, timeout)).await?
+}
+
+/// `true` when [`ping`] gets a reply within `timeout`.
+pub async fn can_ping(ns: &NetNs, dst: IpAddr, timeout: Duration) -> bool {
+    ping(ns, dst, timeout).await.is_ok()
+}
+
+fn ping_blocking(dst: IpAddr, timeout: Duration) -> Result<Duration, ProbeError> {
+    let what = format!("ping {dst}");
+    let io = |e: nix::errno::Errno| ProbeError::io(&what, std::io::Error::from(e));
+    let (family, proto) = match dst {
+        IpAddr::V4(_) => (AddressFamily::Inet, SockProtocol::Icmp),
+        IpAddr::V6(_) => (AddressFamily::Inet6, SockProtocol::IcmpV6),
+    };
+    let sock = socket(family, SockType::Raw, SockFlag::SOCK_CLOEXEC, proto).map_err(io)?;
+    let ident = (std::process::id() as u16)
+        ^ PING_IDENT
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_mul(7919);
+    let target = SockaddrStorage::from(SocketAddr::new(dst, 0));
+    let start = Instant::now();
+    let mut seq: u16 = 0;
+    let mut next_send = start;
+    let mut buf = [0u8; 1500];
+    loop {
+        let now = Instant::now();
+        if now >= start + timeout {
+            return Err(ProbeError::Timeout { what, timeout });
+        }
+        if now >= next_send {
+            let packet = echo_request(dst.is_ipv4(), ident, seq);
+            seq = seq.wrapping_add(1);
+            next_send = now + Duration::from_millis(200);
+            if let Err(e) = sendto(sock.as_raw_fd(), &packet, &target, MsgFlags::empty()) {
+                return Err(match e {
+                    nix::errno::Errno::ENETUNREACH | nix::errno::Errno::EHOSTUNREACH => {
+                        ProbeError::Unreachable {
+                            what,
+                            detail: e.desc().into(),
+                        }
+                    }
+                    other => io(other),
+                });
+            }
+        }
+        let wait = next_send
+            .min(start + timeout)
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        setsockopt(
+            &sock,
+            sockopt::ReceiveTimeout,
+            &TimeVal::from(libc::timeval {
+                tv_sec: wait.as_secs() as libc::time_t,
+                tv_usec: wait.subsec_micros() as libc::suseconds_t,
+            }),
+        )
+        .map_err(io)?;
+        let (n, from) = match recvfrom::<SockaddrStorage>(sock.as_raw_fd(), &mut buf) {
+            Ok(r) => r,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(io(e)),
+        };
+        let from_ip = from.and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|s| IpAddr::V4(s.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+        });
+        match classify_icmp(dst.is_ipv4(), &buf[..n], ident) {
+            Some(IcmpVerdict::Reply) if from_ip == Some(dst) => return Ok(start.elapsed()),
+            Some(IcmpVerdict::Error(detail)) => {
+                return Err(ProbeError::Unreachable { what, detail });
+            }
+            _ => {}
+        }
+    }
+}
+
+enum IcmpVerdict {
+    Reply,
+    Error(String),
+}
+
+/// An ICMP (v4) or ICMPv6 echo request with a 16-byte payload. The kernel fills in the
+/// ICMPv6 checksum itself; the ICMP one is computed here.
+fn echo_request(v4: bool, ident: u16, seq: u16) -> Vec<u8> {
+    let mut p = vec![if v4 { 8 } else { 128 }, 0, 0, 0];
+    p.extend_from_slice(&ident.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(b"wharf-lab-probe!");
+    if v4 {
+        let sum = inet_checksum(&p);
+        p[2..4].copy_from_slice(&sum.to_be_bytes());
+    }
+    p
+}
+
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Looks at a received packet (with its IPv4 header for raw ICMP sockets, without for ICMPv6)
+/// and says whether it is our echo reply, an ICMP error about our probe, or something else.
+fn classify_icmp(v4: bool, packet: &[u8], ident: u16) -> Option<IcmpVerdict> {
+    let icmp = if v4 {
+        let ihl = usize::from(packet.first()? & 0x0f) * 4;
+        packet.get(ihl..)?
+    } else {
+        packet
+    };
+    let (kind, code) = (*icmp.first()?, *icmp.get(1)?);
+    let id_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|s| u16::from_be_bytes([s[0], s[1]]));
+    match (v4, kind) {
+        (true, 0) | (false, 129) => (id_at(icmp, 4)? == ident).then_some(IcmpVerdict::Reply),
+        // Destination unreachable / time exceeded quoting our request.
+        (true, 3) | (true, 11) => {
+            let inner = icmp.get(8..)?;
+            let ihl = usize::from(inner.first()? & 0x0f) * 4;
+            let quoted = inner.get(ihl..)?;
+            (quoted.first() == Some(&8) && id_at(quoted, 4)? == ident)
+                .then(|| IcmpVerdict::Error(format!("ICMP type {kind} code {code}")))
+        }
+        (false, 1) | (false, 3) => {
+            // 8 bytes of ICMPv6 header, then the 40-byte IPv6 header of our request.
+            let quoted = icmp.get(48..)?;
+            (quoted.first() == Some(&128) && id_at(quoted, 4)? == ident)
+                .then(|| IcmpVerdict::Error(format!("ICMPv6 type {kind} code {code}")))
+        }
+        _ => None,
+    }
+}
+
+/// Connects from `ns` to `addr` over TCP and returns the first line the server sends.
+pub async fn tcp_connect(
+    ns: &NetNs,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<String, ProbeError> {
+    ns.run(move || {
+        let what = format!("TCP connect to {addr}");
+        let stream =
+            TcpStream::connect_timeout(&addr, timeout).map_err(|e| ProbeError::io(&what, e))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .map_err(|e| ProbeError::io(&what, e))?;
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .map_err(|e| ProbeError::io(&what, e))?;
+        Ok(line.trim_end().to_owned())
+    })
+    .await?
+}
+
+/// A server running in a namespace; stops when dropped.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// The address it listens on (with the real port when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a TCP server in `ns` on `bind` that sends `greeting` and a newline to every client,
+/// then closes the connection.
+pub async fn serve_tcp(ns: &NetNs, bind: SocketAddr, greeting: &str) -> Result<Server, ProbeError> {
+    let what = format!("TCP listen on {bind}");
+    let std_listener = ns
+        .run(move || -> std::io::Result<TcpListener> {
+            let l = TcpListener::bind(bind)?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })
+        .await?
+        .map_err(|e| ProbeError::io(&what, e))?;
+    let listener =
+        tokio::net::TcpListener::from_std(std_listener).map_err(|e| ProbeError::io(&what, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ProbeError::io(&what, e))?;
+    let greeting = format!("{greeting}\n");
+    let task = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let greeting = greeting.clone();
+            tokio::spawn(async move {
+                let _ = stream.write_all(greeting.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    Ok(Server { addr, task })
+}
+
+/// Starts a UDP server in `ns` on `bind` that answers every datagram with `reply`.
+pub async fn serve_udp(ns: &NetNs, bind: SocketAddr, reply: &str) -> Result<Server, ProbeError> {
+    let what = format!("UDP bind on {bind}");
+    let std_sock = ns
+        .run(move || -> std::io::Result<UdpSocket> {
+            let s = UdpSocket::bind(bind)?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+        .await?
+        .map_err(|e| ProbeError::io(&what, e))?;
+    let sock = tokio::net::UdpSocket::from_std(std_sock).map_err(|e| ProbeError::io(&what, e))?;
+    let addr = sock.local_addr().map_err(|e| ProbeError::io(&what, e))?;
+    let reply = reply.as_bytes().to_vec();
+    let task = tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((_, peer)) = sock.recv_from(&mut buf).await {
+            let _ = sock.send_to(&reply, peer).await;
+        }
+    });
+    Ok(Server { addr, task })
+}
+
+/// Sends one UDP datagram from `ns` to `addr` (again every 200 ms) and returns the first reply.
+pub async fn udp_request(
+    ns: &NetNs,
+    addr: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, ProbeError> {
+    let payload = payload.to_vec();
+    ns.run(move || {
+        let what = format!("UDP request to {addr}");
+        let io = |e| ProbeError::io(&what, e);
+        let unspecified: SocketAddr = match addr {
+            SocketAddr::V4(_) => "0.0.0.0:0".parse().map_err(|_| io(bad_input()))?,
+            SocketAddr::V6(_) => "[::]:0".parse().map_err(|_| io(bad_input()))?,
+        };
+        let sock = UdpSocket::bind(unspecified).map_err(io)?;
+        sock.connect(addr).map_err(io)?;
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .map_err(io)?;
+        let start = Instant::now();
+        let mut buf = [0u8; 65535];
+        while start.elapsed() < timeout {
+            sock.send(&payload).map_err(io)?;
+            match sock.recv(&mut buf) {
+                Ok(n) => return Ok(buf[..n].to_vec()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Err(ProbeError::Timeout { what, timeout })
+    })
+    .await?
+}
+
+fn bad_input() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, "bad address")
+}
+
+/// How a DNS query travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// One UDP datagram.
+    Udp,
+    /// A TCP connection with the two-byte length prefix.
+    Tcp,
+}
+
+/// The answer to a [`dns_query`].
+#[derive(Debug, Clone)]
+pub struct DnsAnswer {
+    /// The response code (NOERROR, NXDOMAIN, SERVFAIL, ...).
+    pub rcode: ResponseCode,
+    /// A and AAAA records of the answer section, in order.
+    pub addresses: Vec<IpAddr>,
+    /// PTR and CNAME targets of the answer section, in order.
+    pub names: Vec<String>,
+    /// The whole decoded message.
+    pub message: Message,
+}
+
+/// Asks `server` from inside `ns` for `name` of type `rtype`, over `transport`.
+pub async fn dns_query(
+    ns: &NetNs,
+    server: SocketAddr,
+    name: &str,
+    rtype: RecordType,
+    transport: Transport,
+    timeout: Duration,
+) -> Result<DnsAnswer, ProbeError> {
+    let what = format!("DNS {rtype} {name} @{server} over {transport:?}");
+    let fqdn = Name::from_ascii(name).map_err(|e| ProbeError::Dns {
+        what: what.clone(),
+        detail: e.to_string(),
+    })?;
+    let id = PING_IDENT.fetch_add(1, Ordering::Relaxed);
+    let mut query = Message::new();
+    query
+        .set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(fqdn, rtype));
+    let wire = query.to_vec().map_err(|e| ProbeError::Dns {
+        what: what.clone(),
+        detail: e.to_string(),
+    })?;
+    let reply = match transport {
+        Transport::Udp => udp_request(ns, server, &wire, timeout).await?,
+        Transport::Tcp => {
+            let what = what.clone();
+            ns.run(move || -> Result<Vec<u8>, ProbeError> {
+                let io = |e| ProbeError::io(&what, e);
+                let mut s = TcpStream::connect_timeout(&server, timeout).map_err(io)?;
+                s.set_read_timeout(Some(timeout)).map_err(io)?;
+                let mut framed = (wire.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&wire);
+                s.write_all(&framed).map_err(io)?;
+                let mut len = [0u8; 2];
+                std::io::Read::read_exact(&mut s, &mut len).map_err(io)?;
+                let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                std::io::Read::read_exact(&mut s, &mut body).map_err(io)?;
+                Ok(body)
+            })
+            .await??
+        }
+    };
+    let message = Message::from_vec(&reply).map_err(|e| ProbeError::Dns {
+        what: what.clone(),
+        detail: e.to_string(),
+    })?;
+    if message.id() != id {
+        return Err(ProbeError::Dns {
+            what,
+            detail: format!("reply id {} for query id {id}", message.id()),
+        });
+    }
+    let mut addresses = Vec::new();
+    let mut names = Vec::new();
+    for record in message.answers() {
+        match record.data() {
+            RData::A(a) => addresses.push(IpAddr::V4(a.0)),
+            RData::AAAA(a) => addresses.push(IpAddr::V6(a.0)),
+            RData::PTR(p) => names.push(p.0.to_ascii()),
+            RData::CNAME(c) => names.push(c.0.to_ascii()),
+            _ => {}
+        }
+    }
+    Ok(DnsAnswer {
+        rcode: message.response_code(),
+        addresses,
+        names,
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_of_an_echo_request_verifies() {
+        let p = echo_request(true, 0x1234, 7);
+        assert_eq!(
+            inet_checksum(&p),
+            0,
+            "a packet with its checksum sums to zero"
+        );
+    }
+
+    #[test]
+    fn recognises_its_own_reply_only() {
+        let mut reply = vec![0x45u8];
+        reply.extend_from_slice(&[0; 19]);
+        reply.extend_from_slice(&[0, 0, 0, 0, 0x12, 0x34, 0, 1]);
+        assert!(matches!(
+            classify_icmp(true, &reply, 0x1234),
+            Some(IcmpVerdict::Reply)
+        ));
+        assert!(classify_icmp(true, &reply, 0x4321).is_none());
+        assert!(classify_icmp(true, &[], 1).is_none());
+    }
+}
