@@ -275,6 +275,15 @@ async fn dnat_map_publishes_a_container_port() {
     assert_eq!(rules.len(), 1);
     assert!(rules[0].same_as(&rule), "{:#?}", rules[0]);
 
+    if let Ok(out) = topo.host.command("nft").args(["list", "ruleset"]).output() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("dnat ip to ip daddr . tcp dport map @published")
+                && text.contains("192.0.2.1 . 8080 : 10.10.0.2 . 80"),
+            "nft sees the map rule and entry:\n{text}"
+        );
+    }
+
     // Unpublishing is one element, the rule stays.
     let mut b = Batch::new();
     b.delete_elements(
@@ -396,6 +405,12 @@ async fn a_failing_batch_applies_nothing_and_names_the_object() {
     b.create_table(&t);
     assert!(nft.apply(&b).await.expect_err("create").is_already_exists());
 
+    // `destroy` is delete-if-present.
+    let mut b = Batch::new();
+    b.destroy_table(&t).destroy_table(&Table::ip("never-was"));
+    nft.apply(&b).await.expect("destroy");
+    assert!(nft.list_tables().await.expect("tables").is_empty());
+
     // An empty batch is nothing to do.
     nft.apply(&Batch::new()).await.expect("empty batch");
     drop(lab);
@@ -513,5 +528,99 @@ async fn verdict_maps_jumps_and_listing_round_trip() {
             .iter()
             .all(|r| r.chain != "post")
     );
+    drop(lab);
+}
+
+#[tokio::test]
+async fn concatenated_sets_timeouts_and_rule_positions() {
+    let lab = Lab::new();
+    let ns = lab.namespace("n").await.expect("ns");
+    let nft = NftHandle::open(&ns).await.expect("open nftables");
+    let t = wharf();
+    // Isolation between bridges: `iifname . oifname @isolated drop`.
+    let pairs = Set::new(&t, "isolated", DataType::IfName.concat(DataType::IfName));
+    let seen = Set::new(&t, "seen", DataType::Ipv4Addr).with_timeout(Duration::from_secs(3600));
+    let isolate = Rule::new(&t, "forward")
+        .in_set(&[Field::IifName, Field::OifName], "isolated")
+        .drop();
+    let first = Rule::new(&t, "forward").comment("first").accept();
+    let mut b = Batch::new();
+    b.add_table(&t)
+        .add_chain(&Chain::base(
+            &t,
+            "forward",
+            Hook::Forward,
+            ChainType::Filter,
+            priority::FILTER,
+        ))
+        .add_set(&pairs)
+        .add_set(&seen)
+        .add_rule(&isolate)
+        .insert_rule(&first, None)
+        .add_elements(
+            &t,
+            "isolated",
+            &[
+                Elem::new([Value::IfName("br-a".into()), Value::IfName("br-b".into())]),
+                Elem::new([Value::IfName("br-b".into()), Value::IfName("br-a".into())]),
+            ],
+        )
+        .add_elements(
+            &t,
+            "seen",
+            &[
+                Elem::addr(Ipv4Addr::new(10, 0, 0, 1)),
+                Elem::addr(Ipv4Addr::new(10, 0, 0, 2)).timeout(Duration::from_secs(60)),
+            ],
+        );
+    nft.apply(&b).await.expect("install");
+
+    let mut sets = nft.list_sets(&t).await.expect("sets");
+    sets.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(sets, vec![pairs.clone(), seen.clone()]);
+    let mut elems = nft.list_elements(&pairs).await.expect("elements");
+    elems.sort_by_key(|e| format!("{:?}", e.key));
+    assert_eq!(
+        elems,
+        vec![
+            Elem::new([Value::IfName("br-a".into()), Value::IfName("br-b".into())]),
+            Elem::new([Value::IfName("br-b".into()), Value::IfName("br-a".into())]),
+        ]
+    );
+    let mut elems = nft.list_elements(&seen).await.expect("elements");
+    elems.sort_by_key(|e| format!("{:?}", e.key));
+    assert_eq!(elems.len(), 2);
+    assert_eq!(elems[0].key, vec![Value::Ipv4(Ipv4Addr::new(10, 0, 0, 1))]);
+    assert_eq!(elems[1].timeout, Some(Duration::from_secs(60)));
+
+    // Inserted first, appended second, then one placed after the first by handle.
+    let rules = nft.list_rules(&t).await.expect("rules");
+    assert_eq!(rules.len(), 2);
+    assert!(
+        rules[0].same_as(&first) && rules[1].same_as(&isolate),
+        "{rules:#?}"
+    );
+    let middle = Rule::new(&t, "forward").comment("middle").counter();
+    let mut b = Batch::new();
+    b.add_rule_after(&middle, rules[0].handle.expect("handle"));
+    nft.apply(&b).await.expect("add after");
+    let comments: Vec<Option<String>> = nft
+        .list_rules(&t)
+        .await
+        .expect("rules")
+        .into_iter()
+        .map(|r| r.comment)
+        .collect();
+    assert_eq!(
+        comments,
+        vec![Some("first".to_owned()), Some("middle".to_owned()), None]
+    );
+    if let Ok(out) = ns.command("nft").args(["list", "ruleset"]).output() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("iifname . oifname @isolated drop"),
+            "nft sees the concatenated lookup:\n{text}"
+        );
+    }
     drop(lab);
 }

@@ -6,7 +6,7 @@
 //! to which object, so an error names the message that failed.
 
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader,
+    DefaultNla, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_netfilter::nftables::{
@@ -23,6 +23,10 @@ use super::table::{Family, Table};
 
 /// `NFNL_SUBSYS_NFTABLES`: the resource id of nftables batches.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// `NFT_MSG_DESTROYTABLE` (Linux 6.3): delete a table if it exists.
+const NFT_MSG_DESTROYTABLE: u8 = 26;
+/// `NFTA_TABLE_NAME`
+const NFTA_TABLE_NAME: u16 = 1;
 
 /// One message of a batch.
 #[derive(Debug, Clone)]
@@ -113,6 +117,23 @@ impl Batch {
         self
     }
 
+    /// `destroy table`: like [`Batch::delete_table`] but a missing table is not an error
+    /// (`NFT_MSG_DESTROYTABLE`, Linux 6.3 and later; older kernels refuse the batch).
+    pub fn destroy_table(&mut self, t: &Table) -> &mut Self {
+        let mut name = t.name.clone().into_bytes();
+        name.push(0);
+        self.push(
+            t.family,
+            NfTablesMessage::Other {
+                message_type: NFT_MSG_DESTROYTABLE,
+                attributes: vec![DefaultNla::new(NFTA_TABLE_NAME, name)],
+            },
+            0,
+            format!("destroying {t}"),
+        );
+        self
+    }
+
     /// `add chain`: creates the chain unless it exists.
     pub fn add_chain(&mut self, c: &Chain) -> &mut Self {
         self.push(
@@ -167,6 +188,19 @@ impl Batch {
             }),
             NLM_F_CREATE | NLM_F_APPEND,
             format!("adding rule to {r}"),
+        );
+        self
+    }
+
+    /// `add rule ... position H`: puts the rule right after the rule with handle `after`.
+    pub fn add_rule_after(&mut self, r: &Rule, after: u64) -> &mut Self {
+        let mut attributes = r.to_attrs();
+        attributes.push(RuleAttribute::Position(after));
+        self.push(
+            r.table.family,
+            NfTablesMessage::NewRule(RuleMessage { attributes }),
+            NLM_F_CREATE | NLM_F_APPEND,
+            format!("adding rule after rule {after} to {r}"),
         );
         self
     }

@@ -45,11 +45,12 @@ impl Reg {
         Reg(8 + index)
     }
 
-    /// The 32-bit register `words` 4-byte words after the start of register 1: where field
-    /// number n of a concatenation goes. Word 0 is written as register 1, as `nft` does.
+    /// The register `words` 4-byte words after the start of register 1: where field number n
+    /// of a concatenation goes. A 16-byte-aligned position is named as the 16-byte register
+    /// (word 0 is register 1, word 4 register 2), as the kernel reports it back.
     pub const fn at_word(words: u32) -> Reg {
-        if words == 0 {
-            Reg::R1
+        if words % 4 == 0 {
+            Reg(1 + words / 4)
         } else {
             Reg::reg32(words)
         }

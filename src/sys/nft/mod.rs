@@ -71,6 +71,10 @@ use socket::NfSocket;
 
 /// How long to wait for the kernel's answer before calling the exchange broken.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for the rest of a batch's acknowledgements once the first arrived: the
+/// kernel queues them all before `sendmsg` returns, so a gap means it will send no more (it
+/// stops acknowledging after a malformed message).
+const MORE_ACKS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A handle on nftables in one network namespace.
 ///
@@ -156,11 +160,27 @@ impl NftHandle {
         let mut outstanding = pending.len();
         // The first refused message in batch order (the kernel reports every one).
         let mut failure: Option<(usize, i32)> = None;
+        let mut wait = REPLY_TIMEOUT;
         while outstanding > 0 {
-            let dgram = tokio::time::timeout(REPLY_TIMEOUT, sock.recv())
-                .await
-                .map_err(|_| self.protocol(what, "no acknowledgement from the kernel"))?
-                .map_err(|e| SysError::from_io(format!("{what} in {}", self.inner.ns), e))?;
+            let dgram = match tokio::time::timeout(wait, sock.recv()).await {
+                Ok(r) => {
+                    r.map_err(|e| SysError::from_io(format!("{what} in {}", self.inner.ns), e))?
+                }
+                Err(_) => match failure {
+                    // The kernel reports errors for the failing message even when it stops
+                    // acknowledging the rest; what failed is known.
+                    Some((i, code)) => {
+                        return Err(SysError::from_errno(index[i].1.clone(), -code));
+                    }
+                    None => {
+                        return Err(self.protocol(
+                            what,
+                            format!("{outstanding} message(s) never acknowledged"),
+                        ));
+                    }
+                },
+            };
+            wait = MORE_ACKS_TIMEOUT;
             for msg in parse_all(&dgram).map_err(|d| self.protocol(what, d))? {
                 let s = msg.header.sequence_number;
                 let NetlinkPayload::Error(err) = msg.payload else {

@@ -2,6 +2,7 @@
 //! 1000th interface or published port is one element, not one more rule.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use netlink_packet_netfilter::nftables::{
     DataAttribute, ListAttribute, SetAttribute, SetElementAttribute, SetFlags,
@@ -183,6 +184,8 @@ pub struct Set {
     pub data: Option<MapData>,
     /// `flags constant`: the contents cannot change once a rule uses it.
     pub constant: bool,
+    /// `flags timeout; timeout T`: elements expire after T unless they say otherwise.
+    pub timeout: Option<Duration>,
 }
 
 impl Set {
@@ -194,6 +197,7 @@ impl Set {
             key: key.into(),
             data: None,
             constant: false,
+            timeout: None,
         }
     }
 
@@ -224,6 +228,13 @@ impl Set {
         self
     }
 
+    /// Makes elements expire: after `default` unless an element sets its own
+    /// ([`Elem::timeout`]). Millisecond resolution.
+    pub fn with_timeout(mut self, default: Duration) -> Self {
+        self.timeout = Some(default);
+        self
+    }
+
     pub(crate) fn to_attrs(&self, id: u32) -> Vec<SetAttribute> {
         let mut flags = SetFlags::empty();
         if self.data.is_some() {
@@ -231,6 +242,9 @@ impl Set {
         }
         if self.constant {
             flags |= SetFlags::Constant;
+        }
+        if self.timeout.is_some() {
+            flags |= SetFlags::Timeout;
         }
         let mut attrs = vec![
             SetAttribute::Table(self.table.name.clone()),
@@ -250,6 +264,9 @@ impl Set {
                 attrs.push(SetAttribute::DataLen(t.byte_len()));
             }
         }
+        if let Some(t) = self.timeout {
+            attrs.push(SetAttribute::Timeout(millis(t)));
+        }
         attrs.push(SetAttribute::Id(id));
         attrs
     }
@@ -257,6 +274,7 @@ impl Set {
     pub(crate) fn from_attrs(table: &Table, attrs: &[SetAttribute]) -> Option<Self> {
         let (mut tname, mut name, mut flags) = (None, None, SetFlags::empty());
         let (mut ktype, mut klen, mut dtype, mut dlen) = (None, 0, None, 0);
+        let mut timeout = None;
         for a in attrs {
             match a {
                 SetAttribute::Table(t) => tname = Some(t.as_str()),
@@ -266,6 +284,7 @@ impl Set {
                 SetAttribute::KeyLen(l) => klen = *l,
                 SetAttribute::DataType(t) => dtype = Some(*t),
                 SetAttribute::DataLen(l) => dlen = *l,
+                SetAttribute::Timeout(ms) => timeout = Some(Duration::from_millis(*ms)),
                 _ => {}
             }
         }
@@ -283,6 +302,7 @@ impl Set {
             key: KeyType::from_id(ktype.unwrap_or(0), klen),
             data,
             constant: flags.contains(SetFlags::Constant),
+            timeout: timeout.filter(|_| flags.contains(SetFlags::Timeout)),
         })
     }
 }
@@ -445,6 +465,8 @@ pub struct Elem {
     pub key: Vec<Value>,
     /// For maps, what the key maps to.
     pub data: Option<ElemData>,
+    /// In a set with timeouts: this element's own timeout (`None`: the set's default).
+    pub timeout: Option<Duration>,
 }
 
 impl Elem {
@@ -453,6 +475,7 @@ impl Elem {
         Self {
             key: key.into_iter().collect(),
             data: None,
+            timeout: None,
         }
     }
 
@@ -477,6 +500,12 @@ impl Elem {
         self
     }
 
+    /// Gives the element its own timeout (`KEY timeout 30s`); the set needs timeouts.
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = Some(t);
+        self
+    }
+
     /// Makes this a verdict map entry: `KEY : VERDICT`.
     pub fn to_verdict(mut self, verdict: Verdict) -> Self {
         self.data = Some(ElemData::Verdict(verdict));
@@ -496,6 +525,9 @@ impl Elem {
                 DataAttribute::Verdict(v.to_attrs()),
             )),
         }
+        if let Some(t) = self.timeout {
+            attrs.push(SetElementAttribute::Timeout(millis(t)));
+        }
         ListAttribute::Element(attrs)
     }
 
@@ -503,10 +535,7 @@ impl Elem {
         let ListAttribute::Element(attrs) = attr else {
             return None;
         };
-        let mut elem = Elem {
-            key: Vec::new(),
-            data: None,
-        };
+        let mut elem = Elem::new([]);
         for a in attrs {
             match a {
                 SetElementAttribute::Key(DataAttribute::Value(b)) => {
@@ -522,9 +551,18 @@ impl Elem {
                 SetElementAttribute::Data(DataAttribute::Verdict(v)) => {
                     elem.data = Some(ElemData::Verdict(Verdict::from_attrs(v)?));
                 }
+                SetElementAttribute::Timeout(ms)
+                    if set.timeout.is_none_or(|d| millis(d) != *ms) =>
+                {
+                    elem.timeout = Some(Duration::from_millis(*ms));
+                }
                 _ => {}
             }
         }
         Some(elem)
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

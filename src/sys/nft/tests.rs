@@ -150,6 +150,14 @@ fn nat_rules_match_nft_up_to_the_nat_expression() {
             ),
         ),
         (
+            "dnat6_map",
+            Rule::new(&t(), "c").dnat_map(
+                &[Field::Ip6Daddr, Field::TcpDport],
+                "p6",
+                &DataType::Ipv6Addr.concat(DataType::InetService),
+            ),
+        ),
+        (
             "snat",
             Rule::new(&t(), "c")
                 .saddr_in("10.1.0.0/24".parse().expect("net"))
