@@ -247,8 +247,7 @@ async fn dnat_map_publishes_a_container_port() {
         .add_set(&ports)
         .add_rule(&rule)
         .add_elements(
-            &t,
-            "published",
+            &ports,
             &[Elem::new([Value::Ipv4(HOST_UP), Value::Port(8080)])
                 .to([Value::Ipv4(CONTAINER), Value::Port(80)])],
         );
@@ -287,8 +286,7 @@ async fn dnat_map_publishes_a_container_port() {
     // Unpublishing is one element, the rule stays.
     let mut b = Batch::new();
     b.delete_elements(
-        &t,
-        "published",
+        &ports,
         &[Elem::new([Value::Ipv4(HOST_UP), Value::Port(8080)])],
     );
     nft.apply(&b).await.expect("unpublish");
@@ -333,7 +331,7 @@ async fn interface_set_changes_without_touching_the_rule() {
     let before = nft.list_rules(&t).await.expect("rules");
 
     let mut b = Batch::new();
-    b.add_elements(&t, "blocked", &[Elem::ifname("vc"), Elem::ifname("dummy0")]);
+    b.add_elements(&blocked, &[Elem::ifname("vc"), Elem::ifname("dummy0")]);
     nft.apply(&b).await.expect("block vc");
     assert!(!pings(&topo.container, UPSTREAM).await, "vc is blocked");
     let mut elems = nft.list_elements(&blocked).await.expect("elements");
@@ -341,7 +339,7 @@ async fn interface_set_changes_without_touching_the_rule() {
     assert_eq!(elems, vec![Elem::ifname("dummy0"), Elem::ifname("vc")]);
 
     let mut b = Batch::new();
-    b.delete_elements(&t, "blocked", &[Elem::ifname("vc")]);
+    b.delete_elements(&blocked, &[Elem::ifname("vc")]);
     nft.apply(&b).await.expect("unblock vc");
     assert!(
         pings(&topo.container, UPSTREAM).await,
@@ -462,8 +460,7 @@ async fn verdict_maps_jumps_and_listing_round_trip() {
         b.add_rule(r);
     }
     b.add_elements(
-        &t,
-        "by-bridge",
+        &vmap,
         &[
             Elem::ifname("br0").to_verdict(Verdict::Jump("isolate".into())),
             Elem::ifname("br1").to_verdict(Verdict::Accept),
@@ -558,16 +555,14 @@ async fn concatenated_sets_timeouts_and_rule_positions() {
         .add_rule(&isolate)
         .insert_rule(&first, None)
         .add_elements(
-            &t,
-            "isolated",
+            &pairs,
             &[
                 Elem::new([Value::IfName("br-a".into()), Value::IfName("br-b".into())]),
                 Elem::new([Value::IfName("br-b".into()), Value::IfName("br-a".into())]),
             ],
         )
         .add_elements(
-            &t,
-            "seen",
+            &seen,
             &[
                 Elem::addr(Ipv4Addr::new(10, 0, 0, 1)),
                 Elem::addr(Ipv4Addr::new(10, 0, 0, 2)).timeout(Duration::from_secs(60)),
@@ -623,4 +618,104 @@ async fn concatenated_sets_timeouts_and_rule_positions() {
         );
     }
     drop(lab);
+}
+
+#[tokio::test]
+async fn large_batches_fit_one_transaction() {
+    let lab = Lab::new();
+    let ns = lab.namespace("n").await.expect("ns");
+    let nft = NftHandle::open(&ns).await.expect("open nftables");
+    let t = wharf();
+    let ports = Set::new(&t, "ports", DataType::InetService);
+    let mut b = Batch::new();
+    b.add_table(&t)
+        .add_chain(&Chain::regular(&t, "many"))
+        .add_set(&ports);
+    // 500 messages, each acknowledged...
+    for port in 1..=500u16 {
+        b.add_rule(&Rule::new(&t, "many").tcp_dport_eq(port).accept());
+    }
+    // ...and one message with 5000 elements.
+    let elems: Vec<Elem> = (1..=5000u16).map(Elem::port).collect();
+    b.add_elements(&ports, &elems);
+    nft.apply(&b).await.expect("a large batch");
+    assert_eq!(nft.list_rules(&t).await.expect("rules").len(), 500);
+    assert_eq!(
+        nft.list_elements(&ports).await.expect("elements").len(),
+        5000
+    );
+    drop(lab);
+}
+
+#[tokio::test]
+async fn interval_sets_match_prefixes_and_ranges() {
+    let topo = topology().await;
+    let nft = NftHandle::open(&topo.host).await.expect("open nftables");
+    let t = wharf();
+    let nets = Set::new(&t, "nets", DataType::Ipv4Addr).interval();
+    let mut b = nat_batch();
+    b.add_chain(&Chain::base(
+        &t,
+        "forward",
+        Hook::Forward,
+        ChainType::Filter,
+        priority::FILTER,
+    ))
+    .add_set(&nets)
+    .add_rule(
+        &Rule::new(&t, "forward")
+            .in_set(&[Field::IpDaddr], "nets")
+            .drop(),
+    );
+    nft.apply(&b).await.expect("install");
+    assert!(pings(&topo.container, UPSTREAM).await);
+
+    let upstream_net = Elem::prefix("192.0.2.0/24".parse().expect("net"));
+    let mut b = Batch::new();
+    b.add_elements(&nets, std::slice::from_ref(&upstream_net));
+    nft.apply(&b).await.expect("block 192.0.2.0/24");
+    assert!(
+        !pings(&topo.container, UPSTREAM).await,
+        "192.0.2.2 is in 192.0.2.0/24"
+    );
+
+    let below = Elem::range(
+        Value::Ipv4(Ipv4Addr::new(10, 0, 0, 1)),
+        Value::Ipv4(Ipv4Addr::new(10, 0, 0, 9)),
+    );
+    let single = Elem::addr(Ipv4Addr::new(198, 51, 100, 7));
+    let top = Elem::prefix("255.255.255.0/24".parse().expect("net"));
+    let mut b = Batch::new();
+    b.delete_elements(&nets, &[upstream_net])
+        .add_elements(&nets, &[below.clone(), single.clone(), top.clone()]);
+    nft.apply(&b).await.expect("swap ranges");
+    assert!(
+        pings(&topo.container, UPSTREAM).await,
+        "192.0.2.2 is in no range now"
+    );
+    assert_eq!(
+        nft.list_elements(&nets).await.expect("elements"),
+        vec![below, single, top],
+        "ranges come back as written"
+    );
+    assert_eq!(nft.list_sets(&t).await.expect("sets"), vec![nets.clone()]);
+
+    // Elements that do not fit the set are refused before anything is sent.
+    let mut b = Batch::new();
+    b.add_table(&Table::inet("not-sent"))
+        .add_elements(&nets, &[Elem::ifname("br0"), Elem::port(1)]);
+    let err = nft.apply(&b).await.expect_err("a port in an address set");
+    assert_eq!(err.kind(), SysErrorKind::InvalidArgument);
+    let mut b = Batch::new();
+    let plain = Set::new(&t, "plain", DataType::Ipv4Addr);
+    b.add_elements(&plain, &[Elem::prefix("10.0.0.0/8".parse().expect("net"))]);
+    let err = nft.apply(&b).await.expect_err("a range in a plain set");
+    assert!(err.to_string().contains("interval"), "{err}");
+    assert!(
+        !nft.list_tables()
+            .await
+            .expect("tables")
+            .contains(&Table::inet("not-sent"))
+    );
+    drop(topo.lab);
 }

@@ -6,20 +6,22 @@
 //! to which object, so an error names the message that failed.
 
 use netlink_packet_core::{
-    DefaultNla, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader,
-    NetlinkMessage, NetlinkPayload,
+    DefaultNla, Emitable, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_netfilter::nftables::{
-    ChainAttribute, ChainMessage, NfTablesMessage, RuleAttribute, RuleMessage, SetAttribute,
-    SetElementList, SetElementMessage, SetMessage, TableAttribute, TableMessage,
+    ChainAttribute, ChainMessage, ListAttribute, NfTablesMessage, RuleAttribute, RuleMessage,
+    SetAttribute, SetElementAttribute, SetElementList, SetElementMessage, SetMessage,
+    TableAttribute, TableMessage,
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
 
 use super::chain::Chain;
 use super::rule::Rule;
-use super::set::{Elem, Set};
+use super::set::{Elem, ElemData, MapData, Set};
 use super::table::{Family, Table};
+use crate::sys::error::SysError;
 
 /// `NFNL_SUBSYS_NFTABLES`: the resource id of nftables batches.
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -27,6 +29,8 @@ const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_DESTROYTABLE: u8 = 26;
 /// `NFTA_TABLE_NAME`
 const NFTA_TABLE_NAME: u16 = 1;
+/// The most element bytes put in one message (attribute lengths are 16 bits).
+const MAX_ELEMENTS_BYTES: usize = 32 * 1024;
 
 /// One message of a batch.
 #[derive(Debug, Clone)]
@@ -50,10 +54,12 @@ pub(crate) struct Op {
 /// b.add_rule(&Rule::new(&t, "postrouting").oifname_ne("br0").masquerade());
 /// assert_eq!(b.len(), 3);
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Batch {
     ops: Vec<Op>,
     next_set_id: u32,
+    /// The first change refused before anything was sent.
+    invalid: Option<SysError>,
 }
 
 impl Batch {
@@ -268,62 +274,89 @@ impl Batch {
         self
     }
 
-    fn elements(&mut self, t: &Table, set: &str, elems: &[Elem], add: bool) -> &mut Self {
-        if elems.is_empty() && add {
-            return self;
-        }
-        let mut attributes = vec![
-            SetElementList::Table(t.name.clone()),
-            SetElementList::Set(set.to_owned()),
-        ];
-        if !elems.is_empty() {
-            attributes.push(SetElementList::Elements(
-                elems.iter().map(Elem::to_attr).collect(),
-            ));
-        }
-        let msg = SetElementMessage { attributes };
+    fn elements(&mut self, set: &Set, elems: &[Elem], add: bool) -> &mut Self {
         let n = elems.len();
         let plural = if n == 1 { "" } else { "s" };
-        let (msg, flags, what) = if add {
-            (
-                NfTablesMessage::NewSetElement(msg),
-                NLM_F_CREATE,
-                format!("adding {n} element{plural} to set {set:?} of {t}"),
-            )
+        let (flags, what) = if add {
+            (NLM_F_CREATE, format!("adding {n} element{plural} to {set}"))
         } else if n == 0 {
-            (
-                NfTablesMessage::DeleteSetElement(msg),
-                0,
-                format!("flushing set {set:?} of {t}"),
-            )
+            (0, format!("flushing {set}"))
         } else {
-            (
-                NfTablesMessage::DeleteSetElement(msg),
-                0,
-                format!("deleting {n} element{plural} from set {set:?} of {t}"),
-            )
+            (0, format!("deleting {n} element{plural} from {set}"))
         };
-        self.push(t.family, msg, flags, what);
+        if let Some(problem) = elems
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| mismatch(set, e, add).map(|p| format!("element {}: {p}", i + 1)))
+        {
+            self.invalid.get_or_insert(SysError::InvalidArgument {
+                what: format!("{what} ({problem})"),
+            });
+            return self;
+        }
+        // An attribute's length is 16 bits: split the elements over as many messages as
+        // needed (all in the same transaction).
+        let mut chunks: Vec<Vec<ListAttribute<SetElementAttribute>>> = vec![Vec::new()];
+        let mut size = 0;
+        for attr in elems.iter().flat_map(|e| e.to_attrs(set.interval)) {
+            let len = attr.buffer_len();
+            if size + len > MAX_ELEMENTS_BYTES && size > 0 {
+                chunks.push(Vec::new());
+                size = 0;
+            }
+            size += len;
+            if let Some(chunk) = chunks.last_mut() {
+                chunk.push(attr);
+            }
+        }
+        for chunk in chunks {
+            let mut attributes = vec![
+                SetElementList::Table(set.table.name.clone()),
+                SetElementList::Set(set.name.clone()),
+            ];
+            if !chunk.is_empty() {
+                attributes.push(SetElementList::Elements(chunk));
+            }
+            let msg = SetElementMessage { attributes };
+            let msg = if add {
+                NfTablesMessage::NewSetElement(msg)
+            } else {
+                NfTablesMessage::DeleteSetElement(msg)
+            };
+            self.push(set.table.family, msg, flags, what.clone());
+        }
         self
     }
 
     /// `add element`: adds elements (map entries) to a set; existing ones are kept.
-    pub fn add_elements(&mut self, t: &Table, set: &str, elems: &[Elem]) -> &mut Self {
-        self.elements(t, set, elems, true)
+    ///
+    /// Elements that do not fit the set (key fields, map data, ranges in a set without
+    /// `interval`) make [`NftHandle::apply`](super::NftHandle::apply) fail with
+    /// `InvalidArgument` before anything is sent.
+    pub fn add_elements(&mut self, set: &Set, elems: &[Elem]) -> &mut Self {
+        if elems.is_empty() {
+            return self;
+        }
+        self.elements(set, elems, true)
     }
 
     /// `delete element`: removes elements (only their keys matter); a missing one fails the
     /// batch with `NotFound`.
-    pub fn delete_elements(&mut self, t: &Table, set: &str, elems: &[Elem]) -> &mut Self {
+    pub fn delete_elements(&mut self, set: &Set, elems: &[Elem]) -> &mut Self {
         if elems.is_empty() {
             return self;
         }
-        self.elements(t, set, elems, false)
+        self.elements(set, elems, false)
     }
 
     /// `flush set`: removes every element.
-    pub fn flush_set(&mut self, t: &Table, set: &str) -> &mut Self {
-        self.elements(t, set, &[], false)
+    pub fn flush_set(&mut self, set: &Set) -> &mut Self {
+        self.elements(set, &[], false)
+    }
+
+    /// The first element refused before sending, if any.
+    pub(crate) fn invalid(&self) -> Option<&SysError> {
+        self.invalid.as_ref()
     }
 
     /// Serialises the batch with sequence numbers from `seq`: begin, the messages, end.
@@ -366,6 +399,34 @@ impl Batch {
     pub(crate) fn seq_span(&self) -> u32 {
         self.ops.len() as u32 + 2
     }
+}
+
+/// Why `e` cannot be an element of `set`, if it cannot.
+fn mismatch(set: &Set, e: &Elem, add: bool) -> Option<String> {
+    let fields = set.key.fields().len();
+    if e.key.len() != fields {
+        return Some(format!("{} key fields, the set has {fields}", e.key.len()));
+    }
+    if e.key_end.is_some() && !set.interval {
+        return Some("a range, the set has no `interval` flag".into());
+    }
+    if e.key_end.is_some() && fields != 1 {
+        return Some("a range of a concatenation, which wharf does not support".into());
+    }
+    if add {
+        match (&set.data, &e.data) {
+            (None, Some(_)) => return Some("map data, the set is not a map".into()),
+            (Some(_), None) => return Some("no map data, the set is a map".into()),
+            (Some(MapData::Verdict), Some(ElemData::Value(_))) => {
+                return Some("a value, the map holds verdicts".into());
+            }
+            (Some(MapData::Value(_)), Some(ElemData::Verdict(_))) => {
+                return Some("a verdict, the map holds values".into());
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Appends one netlink message.

@@ -27,8 +27,9 @@
 //!     .oifname_ne("docker0")
 //!     .counter()
 //!     .masquerade());
-//! b.add_set(&Set::new(&t, "bridges", DataType::IfName));
-//! b.add_elements(&t, "bridges", &[Elem::ifname("docker0")]);
+//! let bridges = Set::new(&t, "bridges", DataType::IfName);
+//! b.add_set(&bridges);
+//! b.add_elements(&bridges, &[Elem::ifname("docker0")]);
 //! nft.apply(&b).await?;
 //! # Ok(()) }
 //! ```
@@ -145,6 +146,14 @@ impl NftHandle {
     /// On failure the error names the first message the kernel refused, e.g.
     /// `adding rule to chain "forward" of table inet "wharf": not found`.
     pub async fn apply(&self, batch: &Batch) -> SysResult<()> {
+        if let Some(e) = batch.invalid() {
+            return Err(SysError::InvalidArgument {
+                what: match e {
+                    SysError::InvalidArgument { what } => what.clone(),
+                    other => other.to_string(),
+                },
+            });
+        }
         if batch.is_empty() {
             return Ok(());
         }
@@ -377,17 +386,17 @@ impl NftHandle {
                 }),
             )
             .await?;
-        let mut out = Vec::new();
+        let mut all = Vec::new();
         for (_, m) in msgs {
             if let NfTablesMessage::NewSetElement(m) = m {
-                for a in &m.attributes {
+                for a in m.attributes {
                     if let SetElementList::Elements(list) = a {
-                        out.extend(list.iter().filter_map(|e| Elem::from_attr(set, e)));
+                        all.extend(list);
                     }
                 }
             }
         }
-        Ok(out)
+        Ok(Elem::from_kernel(set, &all))
     }
 }
 

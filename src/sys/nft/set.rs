@@ -2,10 +2,12 @@
 //! 1000th interface or published port is one element, not one more rule.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::IpNetwork;
 use std::time::Duration;
 
 use netlink_packet_netfilter::nftables::{
-    DataAttribute, ListAttribute, SetAttribute, SetElementAttribute, SetFlags,
+    DataAttribute, ListAttribute, SetAttribute, SetElementAttribute, SetElementFlags, SetFlags,
 };
 use serde::{Deserialize, Serialize};
 
@@ -186,6 +188,8 @@ pub struct Set {
     pub constant: bool,
     /// `flags timeout; timeout T`: elements expire after T unless they say otherwise.
     pub timeout: Option<Duration>,
+    /// `flags interval`: elements are ranges or prefixes (single-field keys only).
+    pub interval: bool,
 }
 
 impl Set {
@@ -198,6 +202,7 @@ impl Set {
             data: None,
             constant: false,
             timeout: None,
+            interval: false,
         }
     }
 
@@ -228,6 +233,13 @@ impl Set {
         self
     }
 
+    /// `flags interval`: elements are ranges ([`Elem::range`], [`Elem::prefix`]); a plain
+    /// element is the range of one key. Single-field keys only.
+    pub fn interval(mut self) -> Self {
+        self.interval = true;
+        self
+    }
+
     /// Makes elements expire: after `default` unless an element sets its own
     /// ([`Elem::timeout`]). Millisecond resolution.
     pub fn with_timeout(mut self, default: Duration) -> Self {
@@ -245,6 +257,9 @@ impl Set {
         }
         if self.timeout.is_some() {
             flags |= SetFlags::Timeout;
+        }
+        if self.interval {
+            flags |= SetFlags::Interval;
         }
         let mut attrs = vec![
             SetAttribute::Table(self.table.name.clone()),
@@ -303,6 +318,7 @@ impl Set {
             data,
             constant: flags.contains(SetFlags::Constant),
             timeout: timeout.filter(|_| flags.contains(SetFlags::Timeout)),
+            interval: flags.contains(SetFlags::Interval),
         })
     }
 }
@@ -461,8 +477,10 @@ pub enum ElemData {
 /// A set element (or map entry).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Elem {
-    /// The key's fields (one, or several for a concatenation).
+    /// The key's fields (one, or several for a concatenation); the first key of a range.
     pub key: Vec<Value>,
+    /// In an interval set: the last key of the range (inclusive); `None` for one key.
+    pub key_end: Option<Vec<Value>>,
     /// For maps, what the key maps to.
     pub data: Option<ElemData>,
     /// In a set with timeouts: this element's own timeout (`None`: the set's default).
@@ -474,6 +492,7 @@ impl Elem {
     pub fn new(key: impl IntoIterator<Item = Value>) -> Self {
         Self {
             key: key.into_iter().collect(),
+            key_end: None,
             data: None,
             timeout: None,
         }
@@ -494,6 +513,20 @@ impl Elem {
         Self::new([Value::Port(port)])
     }
 
+    /// A range element `START-END` (inclusive) of an interval set.
+    pub fn range(start: Value, end: Value) -> Self {
+        let mut e = Self::new([start]);
+        if e.key != [end.clone()] {
+            e.key_end = Some(vec![end]);
+        }
+        e
+    }
+
+    /// A prefix element (`10.0.0.0/24`) of an interval set: the range of its addresses.
+    pub fn prefix(net: IpNetwork) -> Self {
+        Self::range(Value::from(net.network()), Value::from(net.broadcast()))
+    }
+
     /// Makes this a map entry: `KEY : VALUE`.
     pub fn to(mut self, data: impl IntoIterator<Item = Value>) -> Self {
         self.data = Some(ElemData::Value(data.into_iter().collect()));
@@ -512,10 +545,12 @@ impl Elem {
         self
     }
 
-    pub(crate) fn to_attr(&self) -> ListAttribute<SetElementAttribute> {
-        let mut attrs = vec![SetElementAttribute::Key(DataAttribute::Value(
-            concat_bytes(&self.key),
-        ))];
+    /// The kernel elements of this one: one, or for a range in an interval set the start and
+    /// the end marker (the key after the range, flagged `INTERVAL_END`; none when the range
+    /// runs to the last key), as `nft` sends them.
+    pub(crate) fn to_attrs(&self, interval: bool) -> Vec<ListAttribute<SetElementAttribute>> {
+        let key = concat_bytes(&self.key);
+        let mut attrs = vec![SetElementAttribute::Key(DataAttribute::Value(key.clone()))];
         match &self.data {
             None => {}
             Some(ElemData::Value(v)) => attrs.push(SetElementAttribute::Data(
@@ -528,19 +563,75 @@ impl Elem {
         if let Some(t) = self.timeout {
             attrs.push(SetElementAttribute::Timeout(millis(t)));
         }
-        ListAttribute::Element(attrs)
+        let mut out = vec![ListAttribute::Element(attrs)];
+        if interval {
+            let last = self.key_end.as_ref().map_or(key, |k| concat_bytes(k));
+            if let Some(after) = increment(&last) {
+                out.push(ListAttribute::Element(vec![
+                    SetElementAttribute::Key(DataAttribute::Value(after)),
+                    SetElementAttribute::Flags(SetElementFlags::IntervalEnd),
+                ]));
+            }
+        }
+        out
     }
 
-    pub(crate) fn from_attr(set: &Set, attr: &ListAttribute<SetElementAttribute>) -> Option<Self> {
+    /// Rebuilds the elements of `set` from what the kernel lists, pairing interval starts with
+    /// their end markers.
+    pub(crate) fn from_kernel(
+        set: &Set,
+        attrs: &[ListAttribute<SetElementAttribute>],
+    ) -> Vec<Self> {
+        let mut raw: Vec<(Vec<u8>, bool, Elem)> = attrs
+            .iter()
+            .filter_map(|a| Elem::from_attr(set, a))
+            .collect();
+        if !set.interval {
+            return raw.into_iter().map(|(_, _, e)| e).collect();
+        }
+        raw.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out = Vec::new();
+        let mut iter = raw.into_iter().peekable();
+        while let Some((key, is_end, mut elem)) = iter.next() {
+            if is_end {
+                // An end marker with no start before it (`nft` adds one at key 0).
+                continue;
+            }
+            let last = match iter.peek() {
+                Some((next, true, _)) => {
+                    let last = decrement(next);
+                    iter.next();
+                    last
+                }
+                _ => Some(vec![0xff; key.len()]),
+            };
+            if let Some(last) = last.filter(|l| *l != key) {
+                elem.key_end = Some(split_values(&set.key, &last));
+            }
+            out.push(elem);
+        }
+        out
+    }
+
+    /// One kernel element: its key bytes, whether it is an interval end marker, and the
+    /// element.
+    fn from_attr(
+        set: &Set,
+        attr: &ListAttribute<SetElementAttribute>,
+    ) -> Option<(Vec<u8>, bool, Self)> {
         let ListAttribute::Element(attrs) = attr else {
             return None;
         };
         let mut elem = Elem::new([]);
+        let mut key = Vec::new();
+        let mut is_end = false;
         for a in attrs {
             match a {
                 SetElementAttribute::Key(DataAttribute::Value(b)) => {
                     elem.key = split_values(&set.key, b);
+                    key = b.clone();
                 }
+                SetElementAttribute::Flags(f) => is_end = f.contains(SetElementFlags::IntervalEnd),
                 SetElementAttribute::Data(DataAttribute::Value(b)) => {
                     let t = match &set.data {
                         Some(MapData::Value(t)) => t.clone(),
@@ -559,8 +650,34 @@ impl Elem {
                 _ => {}
             }
         }
-        Some(elem)
+        Some((key, is_end, elem))
     }
+}
+
+/// The key after `b` (big-endian + 1), or `None` after the last key.
+fn increment(b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = b.to_vec();
+    for byte in out.iter_mut().rev() {
+        let (v, carry) = byte.overflowing_add(1);
+        *byte = v;
+        if !carry {
+            return Some(out);
+        }
+    }
+    None
+}
+
+/// The key before `b` (big-endian - 1), or `None` before the first key.
+fn decrement(b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = b.to_vec();
+    for byte in out.iter_mut().rev() {
+        let (v, borrow) = byte.overflowing_sub(1);
+        *byte = v;
+        if !borrow {
+            return Some(out);
+        }
+    }
+    None
 }
 
 fn millis(d: Duration) -> u64 {

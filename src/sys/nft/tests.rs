@@ -307,7 +307,7 @@ fn set_types_encode_as_nft() {
     let e = Elem::new([Value::Ipv4(Ipv4Addr::new(10, 0, 0, 1)), Value::Port(8080)])
         .to([Value::Ipv4(Ipv4Addr::new(10, 1, 0, 2)), Value::Port(80)]);
     let s = Set::map(&t(), "ports", c.clone(), c);
-    assert_eq!(Elem::from_attr(&s, &e.to_attr()), Some(e.clone()));
+    assert_eq!(Elem::from_kernel(&s, &e.to_attrs(false)), vec![e.clone()]);
     assert_eq!(
         hex(&set::concat_bytes(&e.key)),
         "0a0000011f900000",
