@@ -54,12 +54,12 @@ pub(crate) struct Op {
 /// b.add_rule(&Rule::new(&t, "postrouting").oifname_ne("br0").masquerade());
 /// assert_eq!(b.len(), 3);
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Batch {
     ops: Vec<Op>,
     next_set_id: u32,
-    /// The first change refused before anything was sent.
-    invalid: Option<SysError>,
+    /// The first change refused before anything was sent (what it was, and why).
+    invalid: Option<String>,
 }
 
 impl Batch {
@@ -289,9 +289,7 @@ impl Batch {
             .enumerate()
             .find_map(|(i, e)| mismatch(set, e, add).map(|p| format!("element {}: {p}", i + 1)))
         {
-            self.invalid.get_or_insert(SysError::InvalidArgument {
-                what: format!("{what} ({problem})"),
-            });
+            self.invalid.get_or_insert(format!("{what} ({problem})"));
             return self;
         }
         // An attribute's length is 16 bits: split the elements over as many messages as
@@ -354,9 +352,11 @@ impl Batch {
         self.elements(set, &[], false)
     }
 
-    /// The first element refused before sending, if any.
-    pub(crate) fn invalid(&self) -> Option<&SysError> {
-        self.invalid.as_ref()
+    /// The first change refused before sending, if any, as the error `apply` returns.
+    pub(crate) fn invalid(&self) -> Option<SysError> {
+        self.invalid
+            .clone()
+            .map(|what| SysError::InvalidArgument { what })
     }
 
     /// Serialises the batch with sequence numbers from `seq`: begin, the messages, end.

@@ -147,12 +147,7 @@ impl NftHandle {
     /// `adding rule to chain "forward" of table inet "wharf": not found`.
     pub async fn apply(&self, batch: &Batch) -> SysResult<()> {
         if let Some(e) = batch.invalid() {
-            return Err(SysError::InvalidArgument {
-                what: match e {
-                    SysError::InvalidArgument { what } => what.clone(),
-                    other => other.to_string(),
-                },
-            });
+            return Err(e);
         }
         if batch.is_empty() {
             return Ok(());

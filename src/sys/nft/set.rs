@@ -4,6 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
+use netlink_packet_core::{DefaultNla, NlaBuffer, NlasIterator, Parseable};
 use std::time::Duration;
 
 use netlink_packet_netfilter::nftables::{
@@ -619,8 +620,16 @@ impl Elem {
         set: &Set,
         attr: &ListAttribute<SetElementAttribute>,
     ) -> Option<(Vec<u8>, bool, Self)> {
-        let ListAttribute::Element(attrs) = attr else {
-            return None;
+        let reparsed;
+        let attrs = match attr {
+            ListAttribute::Element(attrs) => attrs,
+            // libnftnl numbers element nests 1, 2, 3... instead of NFTA_LIST_ELEM; the
+            // kernel ignores the number, and so does wharf.
+            ListAttribute::Other(nla) => {
+                reparsed = reparse_elem(nla)?;
+                &reparsed
+            }
+            _ => return None,
         };
         let mut elem = Elem::new([]);
         let mut key = Vec::new();
@@ -652,6 +661,14 @@ impl Elem {
         }
         Some((key, is_end, elem))
     }
+}
+
+fn reparse_elem(nla: &DefaultNla) -> Option<Vec<SetElementAttribute>> {
+    let bytes = super::expr::emit_all(std::slice::from_ref(nla));
+    let outer = NlaBuffer::new_checked(bytes.as_slice()).ok()?;
+    NlasIterator::new(outer.value())
+        .map(|a| SetElementAttribute::parse(&a.ok()?).ok())
+        .collect()
 }
 
 /// The key after `b` (big-endian + 1), or `None` after the last key.

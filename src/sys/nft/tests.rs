@@ -314,3 +314,61 @@ fn set_types_encode_as_nft() {
         "as nft sends `10.0.0.1 . 8080`"
     );
 }
+
+#[test]
+fn many_elements_are_split_into_messages_of_one_transaction() {
+    let s = Set::new(&t(), "ports", DataType::InetService);
+    let elems: Vec<Elem> = (1..=5000u16).map(Elem::port).collect();
+    let mut b = Batch::new();
+    b.add_elements(&s, &elems);
+    assert!(b.len() > 1, "{} messages", b.len());
+    let (bytes, index) = b.encode(1);
+    assert!(bytes.len() > 5000 * 12);
+    assert!(
+        index
+            .iter()
+            .all(|(_, w)| w == "adding 5000 elements to set \"ports\" of table inet \"t\"")
+    );
+}
+
+#[test]
+fn elements_that_do_not_fit_the_set_are_refused_before_sending() {
+    let map = Set::vmap(&t(), "vm", DataType::IfName);
+    let mut b = Batch::new();
+    b.add_elements(&map, &[Elem::ifname("br0")]);
+    let err = b.invalid().expect("refused");
+    assert_eq!(
+        err.to_string(),
+        "adding 1 element to map \"vm\" of table inet \"t\" (element 1: no map data, the set is \
+         a map): invalid argument"
+    );
+    assert!(b.is_empty());
+}
+
+/// `nft add element inet t ips { 10.1.0.0/24 }` into an interval set: a start and an end
+/// marker; wharf reads them back as the prefix and writes the same two elements.
+#[test]
+fn interval_elements_match_nft() {
+    use netlink_packet_core::ParseableParametrized;
+    use netlink_packet_netfilter::nftables::SetElementList;
+    let nft = "010000000600010074000000080002006970730008000400000000052c000380100001800c000180080001000a0100001800028008000300000000010c000180080001000a010100";
+    let m =
+        NetfilterMessage::parse_with_param(unhex(nft).as_slice(), (10 << 8) | 12).expect("parses");
+    let NetfilterMessageInner::NfTables(NfTablesMessage::NewSetElement(m)) = m.inner else {
+        panic!("not an element message");
+    };
+    let list = m
+        .attributes
+        .into_iter()
+        .find_map(|a| match a {
+            SetElementList::Elements(l) => Some(l),
+            _ => None,
+        })
+        .expect("elements");
+    let ips = Set::new(&t(), "ips", DataType::Ipv4Addr).interval();
+    let prefix = Elem::prefix("10.1.0.0/24".parse().expect("net"));
+    assert_eq!(Elem::from_kernel(&ips, &list), vec![prefix.clone()]);
+    let ours = prefix.to_attrs(true);
+    assert_eq!(Elem::from_kernel(&ips, &ours), vec![prefix]);
+    assert_eq!(ours.len(), 2);
+}
