@@ -1,7 +1,7 @@
 //! nftables over netlink against the real kernel, proven with real packets in throwaway
 //! namespaces (never the machine's own).
 //!
-//! Topology of the NAT tests (built with `ip` until the rtnl layer lands):
+//! Topology of the NAT tests (built with wharf's rtnl layer):
 //!
 //! ```text
 //!  container            host (ip_forward=1)             upstream
@@ -10,33 +10,17 @@
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::time::Duration;
 
 use wharf::lab::{Lab, probe};
 use wharf::sys::nft::*;
-use wharf::sys::{NetNs, SysErrorKind};
+use wharf::sys::rtnl::{Handle, LinkSpec, Route, VethPeer};
+use wharf::sys::{NetNs, SysErrorKind, sysctl};
 
 const CONTAINER: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 2);
 const HOST_UP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 const UPSTREAM: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 const WAIT: Duration = Duration::from_millis(1500);
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("run a command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip(ns: &str, args: &str) {
-    run(Command::new("ip")
-        .arg("-n")
-        .arg(ns)
-        .args(args.split_whitespace()));
-}
 
 struct Topo {
     lab: Lab,
@@ -51,27 +35,44 @@ async fn topology() -> Topo {
     let container = lab.namespace("c").await.expect("container ns");
     let host = lab.namespace("h").await.expect("host ns");
     let upstream = lab.namespace("u").await.expect("upstream ns");
-    let (c, h, u) = (lab.name("c"), lab.name("h"), lab.name("u"));
-    ip(
-        &h,
-        &format!("link add vc type veth peer name eth0 netns {c}"),
-    );
-    ip(
-        &h,
-        &format!("link add vu type veth peer name eth0 netns {u}"),
-    );
-    ip(&h, "addr add 10.10.0.1/24 dev vc");
-    ip(&h, "addr add 192.0.2.1/24 dev vu");
-    ip(&h, "link set vc up");
-    ip(&h, "link set vu up");
-    ip(&c, "addr add 10.10.0.2/24 dev eth0");
-    ip(&c, "link set eth0 up");
-    ip(&c, "route add default via 10.10.0.1");
-    ip(&u, "addr add 192.0.2.2/24 dev eth0");
-    ip(&u, "link set eth0 up");
-    host.run(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))
+    let h = Handle::in_netns(&host).await.expect("rtnl in host ns");
+    for (name, peer_ns, addr) in [
+        ("vc", &container, "10.10.0.1/24"),
+        ("vu", &upstream, "192.0.2.1/24"),
+    ] {
+        h.link()
+            .add(
+                LinkSpec::veth(name)
+                    .peer(VethPeer::new("eth0").netns(peer_ns))
+                    .up(),
+            )
+            .await
+            .expect("veth");
+        let link = h.link().get(name).await.expect("host end");
+        h.address()
+            .add(link.index, addr.parse().expect("net"))
+            .await
+            .expect("host address");
+    }
+    for (ns, addr) in [(&container, "10.10.0.2/24"), (&upstream, "192.0.2.2/24")] {
+        let inside = Handle::in_netns(ns).await.expect("rtnl inside");
+        let eth0 = inside.link().get("eth0").await.expect("eth0");
+        inside.link().set_up(eth0.index).await.expect("eth0 up");
+        inside
+            .address()
+            .add(eth0.index, addr.parse().expect("net"))
+            .await
+            .expect("address");
+    }
+    Handle::in_netns(&container)
         .await
-        .expect("enter host ns")
+        .expect("rtnl in container")
+        .route()
+        .add(Route::default_v4(Ipv4Addr::new(10, 10, 0, 1)))
+        .await
+        .expect("default route");
+    sysctl::write(&host, "net.ipv4.ip_forward", "1")
+        .await
         .expect("enable forwarding in the host ns");
     Topo {
         lab,
