@@ -20,13 +20,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("$ docker network ls");
     for net in wharf.list_networks() {
-        println!("{}  {:<8} {:<8} {}", &net.id[..12], net.name, net.driver, net.scope);
+        println!(
+            "{}  {:<8} {:<8} {}",
+            &net.id[..12],
+            net.name,
+            net.driver,
+            net.scope
+        );
     }
 
     for name in ["alpine1", "alpine2"] {
         wharf.create_sandbox(SandboxSpec::new(name)).await?;
         let started = Instant::now();
-        let ep = wharf.connect(name, "bridge", EndpointSpec::default()).await?;
+        let ep = wharf
+            .connect(name, "bridge", EndpointSpec::default())
+            .await?;
         println!(
             "\n{name}: {} {}/{} mac {} (attached in {:?})",
             ep.ifname,
@@ -38,16 +46,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!("\n$ docker network inspect bridge");
-    println!("{}", serde_json::to_string_pretty(&[wharf.inspect_network("bridge")?])?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&[wharf.inspect_network("bridge")?])?
+    );
 
     let alpine1 = wharf.sandbox_netns("alpine1")?;
-    let alpine2_ip = wharf.endpoint("alpine2", "bridge")?.ipv4.ok_or("alpine2 has no IPv4")?;
+    let alpine2_ip = wharf
+        .endpoint("alpine2", "bridge")?
+        .ipv4
+        .ok_or("alpine2 has no IPv4")?;
     let rtt = probe::ping(&alpine1, alpine2_ip.into(), probe::DEFAULT_TIMEOUT).await?;
-    println!("\nalpine1 $ ping -c 1 {alpine2_ip}\n64 bytes from {alpine2_ip}: icmp_seq=1 time={rtt:?}");
+    println!(
+        "\nalpine1 $ ping -c 1 {alpine2_ip}\n64 bytes from {alpine2_ip}: icmp_seq=1 time={rtt:?}"
+    );
 
     for name in ["alpine1", "alpine2"] {
         wharf.delete_sandbox(name).await?;
     }
-    println!("\ncleaned up: {} sandboxes left", wharf.list_sandboxes().len());
+    println!(
+        "\ncleaned up: {} sandboxes left",
+        wharf.list_sandboxes().len()
+    );
     Ok(())
 }

@@ -255,7 +255,7 @@ impl Controller {
         driver.validate(&info)?;
 
         // Addresses: reserved first, released on any later failure.
-        if kind == DriverKind::Bridge {
+        if kind.needs_addresses() {
             let avoid = self.host_prefixes().await?;
             let lease = self
                 .inner
@@ -706,6 +706,7 @@ impl Controller {
             mac,
             ipv4,
             ipv6,
+            ports: spec.ports.clone(),
         };
         let ctx = SandboxContext {
             name: sb.name.clone(),

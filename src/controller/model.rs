@@ -134,6 +134,8 @@ pub struct EndpointSpec {
     pub aliases: Vec<String>,
     /// The interface name inside the sandbox (default the next free `ethN`).
     pub ifname: Option<String>,
+    /// Ports to publish on the host.
+    pub ports: Vec<crate::driver::PortMapping>,
 }
 
 /// The stored record of a network.

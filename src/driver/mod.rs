@@ -76,6 +76,79 @@ pub struct EndpointInfo {
     pub ipv4: Option<Ipv4Network>,
     /// The IPv6 address with the subnet's prefix length.
     pub ipv6: Option<Ipv6Network>,
+    /// Published ports.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+}
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// A published port: Docker's `-p [host_ip:]host_port[-end]:container_port[-end][/proto]`.
+///
+/// `count` consecutive ports are published: `host_port + i` reaches `container_port + i`.
+///
+/// ```
+/// use wharf::driver::{PortMapping, Protocol};
+/// let p: PortMapping = serde_json::from_str(r#"{"protocol":"tcp","host_port":8080,"container_port":80}"#).unwrap();
+/// assert_eq!((p.count, p.host_ip), (1, None));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The first host port.
+    pub host_port: u16,
+    /// The first container port.
+    pub container_port: u16,
+    /// How many consecutive ports (1 for one port).
+    #[serde(default = "one")]
+    pub count: u16,
+    /// Publish on this host address only (default: every address of the host).
+    #[serde(default)]
+    pub host_ip: Option<IpAddr>,
+}
+
+fn one() -> u16 {
+    1
+}
+
+impl PortMapping {
+    /// One TCP port.
+    pub fn tcp(host_port: u16, container_port: u16) -> Self {
+        Self {
+            protocol: Protocol::Tcp,
+            host_port,
+            container_port,
+            count: 1,
+            host_ip: None,
+        }
+    }
+
+    /// One UDP port.
+    pub fn udp(host_port: u16, container_port: u16) -> Self {
+        Self {
+            protocol: Protocol::Udp,
+            ..Self::tcp(host_port, container_port)
+        }
+    }
 }
 
 /// Docker's MAC address for an endpoint: `02:42` followed by the four bytes of its IPv4 address.

@@ -19,6 +19,11 @@ pub enum DriverKind {
 }
 
 impl DriverKind {
+    /// Whether networks of this driver get subnets and endpoints get addresses from IPAM.
+    pub fn needs_addresses(self) -> bool {
+        !matches!(self, Self::Host | Self::Null)
+    }
+
     /// The name Docker uses (`bridge`, `host`, `null`).
     pub fn as_str(self) -> &'static str {
         match self {
