@@ -39,6 +39,7 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use crate::dns::resolvconf::ResolvConf;
 use crate::driver::bridge::BridgeDriver;
 use crate::driver::host::HostDriver;
+use crate::driver::macvlan::MacvlanDriver;
 use crate::driver::null::NullDriver;
 use crate::driver::{
     BridgeOptions, Driver, DriverKind, DriverOptions, EndpointInfo, NetworkInfo, SandboxContext,
@@ -187,6 +188,7 @@ impl Controller {
                 sandbox_locks: Mutex::new(HashMap::new()),
             }),
         };
+        controller.restore_drivers();
         controller.reopen_sandboxes().await;
         controller.ensure_predefined().await?;
         Ok(controller)
@@ -253,6 +255,7 @@ impl Controller {
             subnets: Vec::new(),
         };
         driver.validate(&info)?;
+        driver.prepare_network(&mut info).await?;
 
         // Addresses: reserved first, released on any later failure.
         if kind.needs_addresses() {
@@ -720,7 +723,7 @@ impl Controller {
             driver.validate_endpoint(info, &ep)?;
             let joined = driver.join(info, &ep, &ctx).await?;
             if let Err(e) = driver.program_external_connectivity(info, &ep).await {
-                let _ = driver.leave(info, &ep).await;
+                let _ = driver.leave_sandbox(info, &ep, Some(&ctx)).await;
                 return Err(Error::from(e));
             }
             Ok(joined)
@@ -768,7 +771,7 @@ impl Controller {
         };
         if let Err(e) = persisted {
             let _ = driver.revoke_external_connectivity(info, &ep).await;
-            let _ = driver.leave(info, &ep).await;
+            let _ = driver.leave_sandbox(info, &ep, Some(&ctx)).await;
             self.release_addresses(info, &reserved).await;
             return Err(e);
         }
@@ -841,7 +844,25 @@ impl Controller {
         driver
             .revoke_external_connectivity(&net.info, &ep.info)
             .await?;
-        driver.leave(&net.info, &ep.info).await?;
+        let ctx = {
+            let live = self.live();
+            let l = live.get(&sb.id);
+            match (
+                l.and_then(|l| l.ns.clone()),
+                l.and_then(|l| l.handle.clone()),
+            ) {
+                (Some(ns), Some(handle)) => Some(SandboxContext {
+                    name: sb.name.clone(),
+                    ns,
+                    handle,
+                    is_host: sb.namespace == StoredNamespace::Host,
+                }),
+                _ => None,
+            }
+        };
+        driver
+            .leave_sandbox(&net.info, &ep.info, ctx.as_ref())
+            .await?;
         let addrs: Vec<IpAddr> = ep
             .info
             .ipv4
@@ -1070,6 +1091,23 @@ impl Controller {
         Ok(())
     }
 
+    /// After a restart: tells each driver about its stored networks and their endpoints.
+    fn restore_drivers(&self) {
+        let records = self.records();
+        for net in records.networks.values() {
+            let Some(driver) = self.inner.drivers.get(&net.info.options.kind()) else {
+                continue;
+            };
+            let endpoints: Vec<EndpointInfo> = records
+                .endpoints
+                .values()
+                .filter(|e| e.network_id == net.info.id)
+                .map(|e| e.info.clone())
+                .collect();
+            driver.restore_network(&net.info, &endpoints);
+        }
+    }
+
     /// After a restart: opens the namespaces of the stored sandboxes and handles inside them.
     async fn reopen_sandboxes(&self) {
         let sandboxes: Vec<SandboxRecord> = self.records().sandboxes.values().cloned().collect();
@@ -1172,6 +1210,10 @@ fn default_drivers(host: &Handle) -> HashMap<DriverKind, Arc<dyn Driver>> {
     );
     drivers.insert(DriverKind::Host, Arc::new(HostDriver));
     drivers.insert(DriverKind::Null, Arc::new(NullDriver));
+    drivers.insert(
+        DriverKind::Macvlan,
+        Arc::new(MacvlanDriver::new(host.clone())),
+    );
     drivers
 }
 
