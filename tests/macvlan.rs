@@ -183,6 +183,7 @@ async fn scenario_5_bridge_mode_containers_are_machines_on_the_lan() {
     assert_eq!(eth0.kind, Some(LinkKind::Macvlan));
     assert_eq!(eth0.mac, Some(ep1.mac));
     assert!(eth0.up);
+    assert_eq!(eth0.mtu, uplink_before.mtu, "the parent's MTU by default");
     assert!(inside.link().get("lo").await.unwrap().up);
     let addrs = lan.w.addresses_of(&c1, "eth0").await;
     assert!(addrs.contains(&"192.168.50.128/24".to_owned()), "{addrs:?}");
@@ -246,11 +247,22 @@ async fn private_mode_isolates_containers_from_each_other_not_from_the_gateway()
         .wharf
         .create_network(Lan::network(
             "private",
-            MacvlanOptions::parent("uplink0").mode(MacvlanMode::Private),
+            MacvlanOptions {
+                mtu: Some(1400),
+                ..MacvlanOptions::parent("uplink0").mode(MacvlanMode::Private)
+            },
         ))
         .await
         .unwrap();
     let (c1, ip1) = lan.container("c1", "private").await;
+    let eth0 = Handle::in_netns(&c1)
+        .await
+        .unwrap()
+        .link()
+        .get("eth0")
+        .await
+        .unwrap();
+    assert_eq!(eth0.mtu, 1400);
     let (c2, ip2) = lan.container("c2", "private").await;
     assert!(reaches(&c1, ip(GATEWAY)).await);
     assert!(reaches(&c2, ip(PC)).await);
@@ -617,6 +629,22 @@ async fn a_vlan_parent_needs_the_kernels_8021q_support() {
         .create_network(Lan::network("untagged", MacvlanOptions::parent("uplink0")))
         .await
         .unwrap();
+
+    // A `name.N` parent that exists already is used as it is, and outlives the network.
+    let host = lan.host().await;
+    host.link()
+        .add(
+            LinkSpec::veth("side0.7")
+                .peer(VethPeer::new("side0-peer"))
+                .up(),
+        )
+        .await
+        .unwrap();
+    let mut spec = Lan::network("existing", MacvlanOptions::parent("side0.7"));
+    spec.ipam[0] = IpamConfig::new().with_subnet("10.79.0.0/24".parse().unwrap());
+    lan.w.wharf.create_network(spec).await.unwrap();
+    lan.w.wharf.delete_network("existing").await.unwrap();
+    assert!(host.link().get("side0.7").await.is_ok());
 }
 
 #[tokio::test]

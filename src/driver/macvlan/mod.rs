@@ -42,7 +42,7 @@ pub use parent::vlan_of;
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -53,16 +53,27 @@ use super::{
     MacvlanOptions, NetworkInfo, SandboxContext,
 };
 use crate::sys::SysError;
-use crate::sys::rtnl::{Handle, LinkKind, LinkSpec, Route, validate_ifname};
+use crate::sys::rtnl::{Handle, LinkKind, LinkOps, LinkSpec, Route, validate_ifname};
 
 /// The index of the loopback device in every namespace.
 const LOOPBACK_INDEX: u32 = 1;
 
 /// The macvlan driver, working with parents in one host namespace.
-#[derive(Debug)]
 pub struct MacvlanDriver {
     host: Handle,
+    /// The host's links as far as parents go (looking them up, creating and deleting wharf's
+    /// own): `host` itself, or a mock in unit tests.
+    parents: Arc<dyn LinkOps>,
     known: Mutex<HashMap<String, Known>>,
+}
+
+impl std::fmt::Debug for MacvlanDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MacvlanDriver")
+            .field("host", &self.host)
+            .field("known", &*self.known())
+            .finish()
+    }
 }
 
 /// What the driver remembers of one of its networks.
@@ -90,8 +101,15 @@ impl Known {
 impl MacvlanDriver {
     /// A macvlan driver whose parents live in the namespace of `host`.
     pub fn new(host: Handle) -> Self {
+        Self::with_parent_ops(host.clone(), Arc::new(host))
+    }
+
+    /// A driver that looks up, creates and deletes parents through `parents` (for tests that
+    /// substitute the kernel) and does everything else through `host`.
+    pub(crate) fn with_parent_ops(host: Handle, parents: Arc<dyn LinkOps>) -> Self {
         Self {
             host,
+            parents,
             known: Mutex::new(HashMap::new()),
         }
     }
@@ -177,12 +195,43 @@ fn host_routes(opts: &MacvlanOptions, ep: &EndpointInfo) -> Vec<IpNetwork> {
     };
     let mut out = Vec::new();
     if let Some(v4) = ep.ipv4 {
-        out.extend(Ipv4Network::new(v4.ip(), 32).ok().map(IpNetwork::V4));
+        out.push(IpNetwork::V4(Ipv4Network::from(v4.ip())));
     }
     if let (Some(v6), Some(_)) = (ep.ipv6, h.address_v6) {
-        out.extend(Ipv6Network::new(v6.ip(), 128).ok().map(IpNetwork::V6));
+        out.push(IpNetwork::V6(Ipv6Network::from(v6.ip())));
     }
     out
+}
+
+/// The host-access addresses must be usable addresses of the network's subnets, and not the
+/// gateway's.
+fn check_host_access(net: &NetworkInfo, h: &super::HostAccess) -> Result<(), DriverError> {
+    let invalid = |reason: String| DriverError::InvalidOption {
+        network: net.name.clone(),
+        driver: DriverKind::Macvlan,
+        reason: format!("host_access: {reason}"),
+    };
+    let wanted = [Some(IpAddr::V4(h.address)), h.address_v6.map(IpAddr::V6)];
+    for ip in wanted.into_iter().flatten() {
+        let Some(s) = net
+            .subnets
+            .iter()
+            .find(|s| s.subnet.is_ipv4() == ip.is_ipv4())
+        else {
+            return Err(invalid(format!(
+                "{ip}: the network has no subnet of its family"
+            )));
+        };
+        if !s.subnet.contains(ip) {
+            return Err(invalid(format!("{ip} is outside the subnet {}", s.subnet)));
+        }
+        if s.gateway == Some(ip) {
+            return Err(invalid(format!(
+                "{ip} is the gateway; the host needs an address of its own"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn not_found_ok(r: Result<(), SysError>) -> Result<(), SysError> {
@@ -258,7 +307,7 @@ impl Driver for MacvlanDriver {
         let opts = options(net)?.clone();
         let mut created_parent = false;
         if let Some(name) = &opts.parent {
-            let found = parent::inspect(&self.host, name, opts.mtu)
+            let found = parent::inspect(self.parents.as_ref(), name, opts.mtu)
                 .await
                 .map_err(|p| match p {
                     parent::Problem::Invalid(reason) => DriverError::InvalidParent {
@@ -295,46 +344,12 @@ impl Driver for MacvlanDriver {
 
     async fn create_network(&self, net: &NetworkInfo) -> Result<(), DriverError> {
         let opts = options(net)?;
-        let invalid = |reason: String| DriverError::InvalidOption {
-            network: net.name.clone(),
-            driver: DriverKind::Macvlan,
-            reason,
-        };
         // Checks that need the subnets, before anything is created.
         if let Some(h) = &opts.host_access {
-            let in_subnet = |ip: IpAddr| {
-                net.subnets
-                    .iter()
-                    .find(|s| s.subnet.is_ipv4() == ip.is_ipv4())
-                    .map(|s| (s.subnet.contains(ip), s.gateway == Some(ip), s.subnet))
-            };
-            for ip in [Some(IpAddr::V4(h.address)), h.address_v6.map(IpAddr::V6)]
-                .into_iter()
-                .flatten()
-            {
-                match in_subnet(ip) {
-                    Some((true, false, _)) => {}
-                    Some((true, true, _)) => {
-                        return Err(invalid(format!(
-                            "host_access: {ip} is the gateway; the host needs an address of its own"
-                        )));
-                    }
-                    Some((false, _, subnet)) => {
-                        return Err(invalid(format!(
-                            "host_access: {ip} is outside the subnet {subnet}"
-                        )));
-                    }
-                    None => {
-                        return Err(invalid(format!(
-                            "host_access: {ip}: the network has no subnet of its family"
-                        )));
-                    }
-                }
-            }
+            check_host_access(net, h)?;
         }
         self.check_exclusive(net, opts)?;
 
-        let links = self.host.link();
         let parent = parent_name(net);
         // The parent: wharf's private bridge, a vlan wharf creates, or the user's interface.
         let made_parent = if opts.parent.is_none() {
@@ -342,52 +357,31 @@ impl Driver for MacvlanDriver {
             if let Some(mtu) = opts.mtu {
                 spec = spec.mtu(mtu);
             }
-            links
-                .add(spec)
+            self.parents
+                .add_link(spec)
                 .await
                 .map_err(DriverError::kernel(&net.name))?;
             true
         } else if opts.created_parent {
-            parent::ensure_vlan(&self.host, &parent)
+            parent::ensure_vlan(self.parents.as_ref(), &parent)
                 .await
                 .map_err(DriverError::kernel(&net.name))?
         } else {
             false
         };
-        let hosted: Result<(), SysError> = async {
-            let Some(h) = &opts.host_access else {
-                return Ok(());
-            };
-            let p = links.get(&parent).await?;
-            let shim = host_access_name(net);
-            links
-                .add(LinkSpec::macvlan(&shim, p.index, MacvlanMode::Bridge).up())
-                .await?;
-            let added: Result<(), SysError> = async {
-                let s = links.get(&shim).await?;
-                let addr = self.host.address();
-                addr.add(s.index, IpNetwork::V4(Ipv4Network::new(h.address, 32).map_err(|_| SysError::InvalidArgument { what: format!("host address {}", h.address) })?)).await?;
-                if let Some(v6) = h.address_v6 {
-                    addr.add(s.index, IpNetwork::V6(Ipv6Network::new(v6, 128).map_err(|_| SysError::InvalidArgument { what: format!("host address {v6}") })?)).await?;
+        if let Some(h) = &opts.host_access {
+            if let Err(e) = self.add_host_access(net, &parent, h).await {
+                if made_parent {
+                    let undo = async {
+                        let link = self.parents.get_link(&parent).await?;
+                        self.parents.delete_link(link.index).await
+                    };
+                    if let Err(undo) = undo.await {
+                        tracing::warn!(link = %parent, error = %undo, "rollback of parent creation failed");
+                    }
                 }
-                Ok(())
+                return Err(DriverError::kernel(&net.name)(e));
             }
-            .await;
-            if added.is_err() {
-                if let Err(undo) = links.delete_by_name(&shim).await {
-                    tracing::warn!(link = %shim, error = %undo, "rollback of host-access macvlan failed");
-                }
-            }
-            added
-        }
-        .await;
-        if let Err(e) = hosted {
-            if made_parent {
-                if let Err(undo) = links.delete_by_name(&parent).await {
-                    tracing::warn!(link = %parent, error = %undo, "rollback of parent creation failed");
-                }
-            }
-            return Err(DriverError::kernel(&net.name)(e));
         }
         self.known().insert(net.id.clone(), Known::of(net, opts));
         Ok(())
@@ -407,14 +401,18 @@ impl Driver for MacvlanDriver {
             note(links.delete_by_name(&host_access_name(net)).await);
         }
         if opts.parent.is_none() {
-            note(links.delete_by_name(&parent).await);
+            let r = match self.parents.get_link(&parent).await {
+                Ok(link) => self.parents.delete_link(link.index).await,
+                Err(e) => Err(e),
+            };
+            note(r);
         } else if opts.created_parent {
             let others = self
                 .known()
                 .iter()
                 .any(|(id, k)| *id != net.id && k.parent == parent);
             if !others {
-                note(parent::delete_vlan(&self.host, &parent).await);
+                note(parent::delete_vlan(self.parents.as_ref(), &parent).await);
             }
         }
         match first_error {
@@ -550,6 +548,45 @@ impl Driver for MacvlanDriver {
 }
 
 impl MacvlanDriver {
+    /// The host's side of [`HostAccess`]: a bridge-mode macvlan on the parent with the host's
+    /// address(es). Undone on failure.
+    ///
+    /// [`HostAccess`]: super::HostAccess
+    async fn add_host_access(
+        &self,
+        net: &NetworkInfo,
+        parent: &str,
+        h: &super::HostAccess,
+    ) -> Result<(), SysError> {
+        let links = self.host.link();
+        let p = links.get(parent).await?;
+        let shim = host_access_name(net);
+        links
+            .add(LinkSpec::macvlan(&shim, p.index, MacvlanMode::Bridge).up())
+            .await?;
+        let addressed: Result<(), SysError> = async {
+            let index = links.get(&shim).await?.index;
+            self.host
+                .address()
+                .add(index, IpNetwork::V4(Ipv4Network::from(h.address)))
+                .await?;
+            if let Some(v6) = h.address_v6 {
+                self.host
+                    .address()
+                    .add(index, IpNetwork::V6(Ipv6Network::from(v6)))
+                    .await?;
+            }
+            Ok(())
+        }
+        .await;
+        if addressed.is_err() {
+            if let Err(undo) = links.delete_by_name(&shim).await {
+                tracing::warn!(link = %shim, error = %undo, "rollback of host-access macvlan failed");
+            }
+        }
+        addressed
+    }
+
     /// The kernel work of a join: the macvlan inside the sandbox, its addresses, loopback up,
     /// the host routes for host access. Undone on failure.
     async fn attach(
@@ -657,5 +694,149 @@ async fn add_macvlan(host: &Handle, spec: LinkSpec) -> Result<(), SysError> {
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::rtnl::{Link, MacAddr, MockLinkOps};
+
+    fn link(index: u32, name: &str, kind: LinkKind) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            kind: Some(kind),
+            mtu: 1500,
+            mac: Some(MacAddr([0x02, 0, 0, 0, 0, index as u8])),
+            up: true,
+            lower_up: true,
+            master: None,
+            group: 0,
+            link: None,
+            netns_id: None,
+        }
+    }
+
+    fn network(id: char, parent: &str) -> NetworkInfo {
+        NetworkInfo {
+            id: std::iter::repeat_n(id, 64).collect(),
+            name: format!("net-{id}"),
+            internal: false,
+            enable_ipv6: false,
+            options: DriverOptions::Macvlan(MacvlanOptions::parent(parent)),
+            subnets: Vec::new(),
+        }
+    }
+
+    fn created_parent(net: &NetworkInfo) -> bool {
+        matches!(&net.options, DriverOptions::Macvlan(o) if o.created_parent)
+    }
+
+    /// A host with `eth0` (#2) and `eth0.20` (#20, a vlan the user made); `eth0.10` appears when
+    /// wharf creates it (#10). Every creation and deletion must be expected.
+    fn host(vlan10: Arc<Mutex<bool>>) -> MockLinkOps {
+        let mut ops = MockLinkOps::new();
+        let exists = vlan10.clone();
+        ops.expect_get_link().returning(move |name| match name {
+            "eth0" => Ok(link(2, "eth0", LinkKind::Veth)),
+            "eth0.20" => Ok(link(20, "eth0.20", LinkKind::Vlan)),
+            "eth0.10" if *exists.lock().unwrap() => Ok(link(10, "eth0.10", LinkKind::Vlan)),
+            other => Err(SysError::NotFound {
+                what: format!("looking up link {other:?}"),
+            }),
+        });
+        let made = vlan10.clone();
+        ops.expect_add_link()
+            .withf(|spec| {
+                spec.describe() == r#"creating vlan "eth0.10" (id 10 on link #2)"#
+                    && spec.request().is_ok()
+            })
+            .times(1)
+            .returning(move |_| {
+                *made.lock().unwrap() = true;
+                Ok(())
+            });
+        ops.expect_delete_link()
+            .withf(|index| *index == 10)
+            .times(1)
+            .returning(move |_| {
+                *vlan10.lock().unwrap() = false;
+                Ok(())
+            });
+        ops
+    }
+
+    #[tokio::test]
+    async fn a_created_vlan_is_shared_remembered_and_deleted_by_its_last_user() {
+        let vlan10 = Arc::new(Mutex::new(false));
+        let ops: Arc<dyn LinkOps> = Arc::new(host(vlan10.clone()));
+        let handle = Handle::current().await.unwrap();
+        let driver = MacvlanDriver::with_parent_ops(handle.clone(), ops.clone());
+
+        // The first network finds eth0.10 missing: it records that wharf makes it, and makes it.
+        let mut a = network('a', "eth0.10");
+        driver.validate(&a).unwrap();
+        driver.prepare_network(&mut a).await.unwrap();
+        assert!(created_parent(&a));
+        driver.create_network(&a).await.unwrap();
+        assert!(*vlan10.lock().unwrap());
+        // The record carries it across restarts.
+        let stored: NetworkInfo =
+            serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert!(created_parent(&stored));
+
+        // A second network on it shares wharf's ownership; nothing is created twice.
+        let mut b = network('b', "eth0.10");
+        driver.prepare_network(&mut b).await.unwrap();
+        assert!(created_parent(&b));
+        driver.create_network(&b).await.unwrap();
+
+        // A vlan the user made is used as it is and never deleted.
+        let mut c = network('c', "eth0.20");
+        driver.prepare_network(&mut c).await.unwrap();
+        assert!(!created_parent(&c));
+        driver.create_network(&c).await.unwrap();
+
+        // After a restart, the driver learns its networks back from the controller.
+        let driver = MacvlanDriver::with_parent_ops(handle, ops);
+        for net in [&a, &b, &c] {
+            driver.restore_network(net, &[]);
+        }
+        driver.delete_network(&c).await.unwrap();
+        driver.delete_network(&a).await.unwrap();
+        assert!(*vlan10.lock().unwrap(), "b still uses eth0.10");
+        driver.delete_network(&b).await.unwrap();
+        assert!(!*vlan10.lock().unwrap(), "the last user deleted it");
+    }
+
+    #[tokio::test]
+    async fn passthru_networks_do_not_share_a_parent() {
+        let mut ops = MockLinkOps::new();
+        ops.expect_get_link()
+            .returning(|name| Ok(link(2, name, LinkKind::Veth)));
+        let driver =
+            MacvlanDriver::with_parent_ops(Handle::current().await.unwrap(), Arc::new(ops));
+        let mut whole = network('a', "eth0");
+        if let DriverOptions::Macvlan(o) = &mut whole.options {
+            o.mode = MacvlanMode::Passthru;
+        }
+        driver.restore_network(&whole, &[]);
+        for mode in [MacvlanMode::Bridge, MacvlanMode::Passthru] {
+            let mut other = network('b', "eth0");
+            if let DriverOptions::Macvlan(o) = &mut other.options {
+                o.mode = mode;
+            }
+            let e = driver.prepare_network(&mut other).await.unwrap_err();
+            assert!(matches!(e, DriverError::ParentInUse { .. }), "{e}");
+            assert!(
+                e.to_string()
+                    .contains("passthru network \"net-a\" holds it whole"),
+                "{e}"
+            );
+        }
+        // A different parent is fine.
+        let mut elsewhere = network('b', "eth1");
+        driver.prepare_network(&mut elsewhere).await.unwrap();
     }
 }
