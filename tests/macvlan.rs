@@ -363,12 +363,27 @@ async fn passthru_takes_the_parent_whole() {
     lan.w.wharf.delete_sandbox("c1").await.unwrap();
     let uplink = lan.host().await.link().get("uplink0").await.unwrap();
     assert_eq!(uplink.mac, uplink_mac);
-    lan.w
-        .wharf
-        .connect("c2", "whole", EndpointSpec::default())
+    let mac: MacAddr = "02:42:de:ad:be:ef".parse().unwrap();
+    let spec = EndpointSpec {
+        mac: Some(mac),
+        ..EndpointSpec::default()
+    };
+    lan.w.wharf.connect("c2", "whole", spec).await.unwrap();
+    assert!(reaches(&c2, ip(GATEWAY)).await);
+    // A given MAC is the one the LAN sees (in passthru, the parent carries it too).
+    let eth0 = Handle::in_netns(&c2)
+        .await
+        .unwrap()
+        .link()
+        .get("eth0")
         .await
         .unwrap();
-    assert!(reaches(&c2, ip(GATEWAY)).await);
+    assert_eq!(eth0.mac, Some(mac));
+    assert!(
+        lan.lan_neighbours()
+            .await
+            .contains(&(ip("192.168.50.128"), Some(mac)))
+    );
 }
 
 #[tokio::test]
@@ -401,14 +416,16 @@ async fn the_host_reaches_its_containers_only_with_host_access() {
     let opts = MacvlanOptions {
         host_access: Some(HostAccess {
             address: "192.168.50.2".parse().unwrap(),
-            address_v6: None,
+            address_v6: Some("fd50::2".parse().unwrap()),
         }),
         ..MacvlanOptions::parent("uplink0")
     };
-    let net = wharf
-        .create_network(Lan::network("reachable", opts))
-        .await
-        .unwrap();
+    let spec = Lan::network("reachable", opts).ipv6().ipam(
+        IpamConfig::new()
+            .with_subnet("fd50::/64".parse().unwrap())
+            .with_aux_address("host-shim", ip("fd50::2")),
+    );
+    let net = wharf.create_network(spec).await.unwrap();
     assert_eq!(net.options["wharf.macvlan.host_access"], "192.168.50.2");
     let shim = format!("mh-{}", &net.id[..12]);
     assert!(lan.w.host_links().await.contains(&shim));
@@ -416,6 +433,13 @@ async fn the_host_reaches_its_containers_only_with_host_access() {
     let (c2, ip2) = lan.container("c2", "reachable").await;
     assert!(reaches(&lan.w.host, ip1).await);
     assert!(reaches(&lan.w.host, ip2).await);
+    let ip1_v6: IpAddr = wharf
+        .endpoint("c1", "reachable")
+        .unwrap()
+        .ipv6
+        .unwrap()
+        .into();
+    assert!(reaches(&lan.w.host, ip1_v6).await);
     assert!(reaches(&c1, ip("192.168.50.2")).await);
     assert!(reaches(&c1, ip2).await);
     assert!(reaches(&c1, ip(GATEWAY)).await);
