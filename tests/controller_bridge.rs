@@ -365,3 +365,62 @@ async fn detach_works_when_the_namespace_is_gone() {
         .unwrap();
     assert_eq!(ep.ipv4.unwrap().to_string(), "172.17.0.2");
 }
+
+#[tokio::test]
+async fn a_failed_attach_leaves_nothing_behind() {
+    let w = World::new().await;
+    let wharf = &w.wharf;
+    wharf.create_network(NetworkSpec::new("net")).await.unwrap();
+    let sb = wharf.create_sandbox(SandboxSpec::new("c1")).await.unwrap();
+    let ns = wharf.sandbox_netns("c1").unwrap();
+    // Something else already made an eth0 inside the container: the veth's peer cannot take
+    // that name, so the kernel refuses the attach half-way.
+    let inside = wharf::sys::rtnl::Handle::in_netns(&ns).await.unwrap();
+    inside
+        .link()
+        .add(wharf::sys::rtnl::LinkSpec::bridge("eth0"))
+        .await
+        .unwrap();
+    let host_before = w.host_links().await;
+    let inside_before = w.links_in(&ns).await;
+    let net_before = wharf.inspect_network("net").unwrap();
+
+    let err = wharf
+        .connect("c1", "net", EndpointSpec::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Driver(_)), "{err}");
+
+    assert_eq!(
+        w.host_links().await,
+        host_before,
+        "no veth left on the host"
+    );
+    assert_eq!(
+        w.links_in(&ns).await,
+        inside_before,
+        "nothing new in the container"
+    );
+    assert_eq!(wharf.inspect_network("net").unwrap(), net_before);
+    assert!(wharf.sandbox(&sb.id).unwrap().endpoints.is_empty());
+    // The address was released: the next container gets .2.
+    wharf.create_sandbox(SandboxSpec::new("c2")).await.unwrap();
+    let ep = wharf
+        .connect("c2", "net", EndpointSpec::default())
+        .await
+        .unwrap();
+    assert_eq!(ep.ipv4.unwrap().to_string(), "172.18.0.2");
+    // A static address that is taken is refused before anything is created.
+    let taken = EndpointSpec {
+        ipv4: Some("172.18.0.2".parse().unwrap()),
+        ifname: Some("eth1".into()),
+        ..EndpointSpec::default()
+    };
+    let err = wharf.connect("c1", "net", taken).await.unwrap_err();
+    assert!(matches!(err, Error::Ipam(_)), "{err}");
+    assert_eq!(
+        w.host_links().await.len(),
+        host_before.len() + 1,
+        "only c2's veth"
+    );
+}

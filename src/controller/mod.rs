@@ -1231,3 +1231,6 @@ fn make_private_dir(dir: &Path) -> Result<()> {
 fn host_id() -> Vec<u8> {
     std::fs::read("/etc/machine-id").unwrap_or_else(|_| b"wharf".to_vec())
 }
+
+#[cfg(test)]
+mod tests;
