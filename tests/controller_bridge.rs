@@ -424,3 +424,47 @@ async fn a_failed_attach_leaves_nothing_behind() {
         "only c2's veth"
     );
 }
+
+#[tokio::test]
+async fn subnets_overlapping_host_routes_are_skipped() {
+    let lab = wharf::lab::Lab::new();
+    let host = lab.namespace("host").await.unwrap();
+    let upstream = lab.namespace("upstream").await.unwrap();
+    lab.wire(
+        (&host, "uplink", "192.0.2.1/24".parse().unwrap()),
+        (&upstream, "eth0", "192.0.2.2/24".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    // The host already routes 172.18.0.0/16 somewhere else.
+    let h = wharf::sys::rtnl::Handle::in_netns(&host).await.unwrap();
+    h.route()
+        .add(
+            wharf::sys::rtnl::Route::new("172.18.0.0/16".parse().unwrap())
+                .via("192.0.2.2".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    let mut config = wharf::controller::ControllerConfig::new(lab.temp_dir("state").unwrap())
+        .host(host)
+        .netns_prefix(lab.netns_prefix());
+    config.sandbox_files_dir = lab.temp_dir("files").unwrap();
+    let wharf = wharf::controller::Controller::open(config).await.unwrap();
+    assert_eq!(
+        wharf.inspect_network("bridge").unwrap().ipam.config[0].subnet,
+        "172.17.0.0/16"
+    );
+    let net = wharf
+        .create_network(NetworkSpec::new("next"))
+        .await
+        .unwrap();
+    assert_eq!(net.ipam.config[0].subnet, "172.19.0.0/16");
+    // A user-given subnet that overlaps another network is refused, naming it.
+    let clash = NetworkSpec::new("clash").ipam(
+        wharf::ipam::IpamConfig::new()
+            .parse_subnet("172.19.5.0/24")
+            .unwrap(),
+    );
+    let err = wharf.create_network(clash).await.unwrap_err();
+    assert!(err.to_string().contains("\"next\""), "{err}");
+}

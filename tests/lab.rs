@@ -116,3 +116,20 @@ fn ip_netns_exec_enters_what_the_lab_made() {
     let out = ns.command("cat").arg("/proc/net/dev").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("lo:"));
 }
+
+#[tokio::test]
+async fn hosts_on_an_underlay_reach_each_other() {
+    let lab = Lab::new();
+    let hosts = lab
+        .underlay(&["manager", "worker-1", "worker-2"])
+        .await
+        .unwrap();
+    assert_eq!(hosts[2].1.to_string(), "198.18.0.3");
+    for (from, _) in &hosts {
+        for (_, to) in &hosts {
+            probe::ping(from, (*to).into(), probe::DEFAULT_TIMEOUT)
+                .await
+                .unwrap();
+        }
+    }
+}
