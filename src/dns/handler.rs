@@ -282,6 +282,14 @@ fn header_error(request: &Header, rcode: ResponseCode) -> Vec<u8> {
     })
 }
 
+/// FORMERR for a query that was cut short or is too long to read (e.g. a UDP datagram larger
+/// than the listener's buffer); `None` when not even a header is there.
+pub fn format_error(query: &[u8]) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(query)).ok()?;
+    (header.message_type() == MessageType::Query)
+        .then(|| header_error(&header, ResponseCode::FormErr))
+}
+
 /// SERVFAIL for a query wharf could not get an upstream answer for (the query was well-formed
 /// enough to be forwarded).
 pub fn servfail(query: &[u8], transport: Transport) -> Option<Vec<u8>> {

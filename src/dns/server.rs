@@ -164,7 +164,8 @@ fn open_sockets(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, std::net::
 }
 
 async fn serve_udp(sock: Arc<UdpSocket>, cx: Arc<ListenerCx>, worker: usize) {
-    let mut buf = vec![0u8; MAX_UDP_QUERY];
+    // One byte more than the largest query, to tell a datagram that was cut.
+    let mut buf = vec![0u8; MAX_UDP_QUERY + 1];
     let mut rotate = worker;
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
@@ -174,7 +175,13 @@ async fn serve_udp(sock: Arc<UdpSocket>, cx: Arc<ListenerCx>, worker: usize) {
                 continue;
             }
         };
-        let query = &buf[..n.min(buf.len())];
+        if n > MAX_UDP_QUERY {
+            if let Some(bytes) = handler::format_error(&buf[..n.min(buf.len())]) {
+                let _ = sock.send_to(&bytes, peer).await;
+            }
+            continue;
+        }
+        let query = &buf[..n];
         rotate = rotate.wrapping_add(1);
         match cx.handle(query, Transport::Udp, rotate) {
             Action::Reply(bytes) => {
