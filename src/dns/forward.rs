@@ -351,8 +351,7 @@ fn upstream_socket(v6: bool) -> io::Result<std::net::UdpSocket> {
     if v6 {
         s.set_only_v6(true)?;
     }
-    // Best effort: the kernel caps it at net.core.rmem_max.
-    let _ = s.set_recv_buffer_size(UPSTREAM_RCVBUF);
+    super::server::set_recv_buffer(&s, UPSTREAM_RCVBUF);
     s.set_nonblocking(true)?;
     s.bind(&bind.into())?;
     Ok(s.into())

@@ -160,7 +160,8 @@ pub struct ResolverConfig {
     pub listen_addr: SocketAddr,
     /// TTL of local answers (default 600 s, as Docker).
     pub ttl: u32,
-    /// Tasks reading each listener's UDP socket (default 2).
+    /// UDP sockets per listener, each with its own reading task (default 2, one per core of a
+    /// small host; they share the address through `SO_REUSEPORT`).
     pub udp_workers: usize,
     /// Upstream UDP sockets per address family (default 4).
     pub upstream_sockets: usize,

@@ -120,25 +120,35 @@ pub(crate) async fn start(
         addr,
         source,
     };
+    let workers = shared.config.udp_workers;
     let (udp, tcp) = ns
-        .run(move || open_sockets(addr))
+        .run(move || open_sockets(addr, workers))
         .await
         .map_err(|source| DnsError::Namespace {
             what: format!("opening the DNS listener of sandbox {sandbox:?} in {ns}"),
             source,
         })?
         .map_err(listen_err)?;
-    let udp = Arc::new(UdpSocket::from_std(udp).map_err(listen_err)?);
+    let udp = udp
+        .into_iter()
+        .map(|s| UdpSocket::from_std(s).map(Arc::new))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(listen_err)?;
     let tcp = TcpListener::from_std(tcp).map_err(listen_err)?;
-    let udp_addr = udp.local_addr().map_err(listen_err)?;
+    let udp_addr = match udp.first() {
+        Some(s) => s.local_addr().map_err(listen_err)?,
+        None => addr,
+    };
     let tcp_addr = tcp.local_addr().map_err(listen_err)?;
     let cx = Arc::new(ListenerCx {
         sandbox: sandbox.into(),
         upstreams,
         shared,
     });
-    let mut tasks: Vec<JoinHandle<()>> = (0..cx.shared.config.udp_workers.max(1))
-        .map(|worker| tokio::spawn(serve_udp(udp.clone(), cx.clone(), worker)))
+    let mut tasks: Vec<JoinHandle<()>> = udp
+        .into_iter()
+        .enumerate()
+        .map(|(worker, sock)| tokio::spawn(serve_udp(sock, cx.clone(), worker)))
         .collect();
     tasks.push(tokio::spawn(serve_tcp(tcp, cx)));
     Ok(Listener {
@@ -149,18 +159,49 @@ pub(crate) async fn start(
     })
 }
 
-fn open_sockets(addr: SocketAddr) -> io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+/// Opens `udp` UDP sockets (sharing the address through `SO_REUSEPORT`, so the kernel spreads
+/// clients over them and each has one reading task) and the TCP listener.
+fn open_sockets(
+    addr: SocketAddr,
+    udp: usize,
+) -> io::Result<(Vec<std::net::UdpSocket>, std::net::TcpListener)> {
     let domain = Domain::for_address(addr);
-    let udp = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
-    let _ = udp.set_recv_buffer_size(LISTEN_RCVBUF);
-    udp.set_nonblocking(true)?;
-    udp.bind(&addr.into())?;
+    let udp = (0..udp.max(1))
+        .map(|_| {
+            let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+            set_recv_buffer(&s, LISTEN_RCVBUF);
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            Ok(s.into())
+        })
+        .collect::<io::Result<Vec<_>>>()?;
     let tcp = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     tcp.set_reuse_address(true)?;
     tcp.set_nonblocking(true)?;
     tcp.bind(&addr.into())?;
     tcp.listen(128)?;
-    Ok((udp.into(), tcp.into()))
+    Ok((udp, tcp.into()))
+}
+
+/// Sets a socket's receive buffer, above `net.core.rmem_max` when the process may
+/// (`SO_RCVBUFFORCE` needs `CAP_NET_ADMIN`, which wharf has), else as far as allowed.
+pub(crate) fn set_recv_buffer(s: &Socket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt with a pointer to an int of the size passed, on an open socket.
+    let forced = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } == 0;
+    if !forced {
+        let _ = s.set_recv_buffer_size(bytes);
+    }
 }
 
 async fn serve_udp(sock: Arc<UdpSocket>, cx: Arc<ListenerCx>, worker: usize) {
