@@ -10,7 +10,8 @@
 //! The cost of long-lived sockets is that the source port no longer adds entropy against
 //! off-path spoofing; the random 16-bit id, several sockets on random ports, the exact upstream
 //! address and the question check remain. Queries that came over TCP are forwarded over a new
-//! TCP connection (opened in the host namespace, one per query: TCP is rare).
+//! TCP connection each (TCP is rare); their sockets are opened in the host namespace 16 at a
+//! time, so that a burst does not start a thread per query.
 //!
 //! Upstreams are tried in order, each with a timeout, as Docker does: SERVFAIL, REFUSED, a
 //! non-authoritative NXDOMAIN or any other error moves on to the next; the last reply received
@@ -35,6 +36,10 @@ use crate::sys::NetNs;
 
 /// The receive buffer of an upstream socket (bursts of replies at 100k/s).
 const UPSTREAM_RCVBUF: usize = 4 << 20;
+
+/// Unconnected TCP sockets opened in the host namespace per trip to it (one thread start per
+/// this many TCP forwards instead of one per forward).
+const TCP_STASH: usize = 16;
 
 /// One upstream socket and the queries waiting for a reply on it.
 struct PoolSocket {
@@ -80,6 +85,8 @@ pub(crate) struct Forwarder {
     permits: Arc<Semaphore>,
     timeout: Duration,
     receivers: Vec<AbortHandle>,
+    /// Fresh TCP sockets of the host namespace, IPv4 and IPv6.
+    tcp_stash: [Mutex<Vec<std::net::TcpStream>>; 2],
 }
 
 impl Drop for Forwarder {
@@ -148,6 +155,7 @@ impl Forwarder {
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
             timeout,
             receivers,
+            tcp_stash: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
         })
     }
 
@@ -250,21 +258,7 @@ impl Forwarder {
         upstream: SocketAddr,
     ) -> Option<Vec<u8>> {
         let work = async {
-            let domain = if upstream.is_ipv4() {
-                Domain::IPV4
-            } else {
-                Domain::IPV6
-            };
-            let std_stream = self
-                .host_ns
-                .run(move || -> io::Result<std::net::TcpStream> {
-                    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
-                    s.set_nonblocking(true)?;
-                    Ok(s.into())
-                })
-                .await
-                .ok()?
-                .ok()?;
+            let std_stream = self.tcp_socket(upstream).await?;
             let mut stream = tokio::net::TcpSocket::from_std_stream(std_stream)
                 .connect(upstream)
                 .await
@@ -282,6 +276,42 @@ impl Forwarder {
                 .then_some(reply)
         };
         tokio::time::timeout(self.timeout, work).await.ok()?
+    }
+}
+
+impl Forwarder {
+    /// A fresh TCP socket of the host namespace for `upstream`'s family, from the stash,
+    /// refilled through [`NetNs::run`] when empty.
+    async fn tcp_socket(&self, upstream: SocketAddr) -> Option<std::net::TcpStream> {
+        let stash = &self.tcp_stash[usize::from(upstream.is_ipv6())];
+        if let Some(s) = lock(stash).pop() {
+            return Some(s);
+        }
+        let domain = if upstream.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
+        let mut fresh = self
+            .host_ns
+            .run(move || -> io::Result<Vec<std::net::TcpStream>> {
+                (0..TCP_STASH)
+                    .map(|_| {
+                        let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+                        s.set_nonblocking(true)?;
+                        Ok(s.into())
+                    })
+                    .collect()
+            })
+            .await
+            .ok()?
+            .ok()?;
+        let mine = fresh.pop();
+        let mut stash = lock(stash);
+        if stash.len() < TCP_STASH {
+            stash.extend(fresh);
+        }
+        mine
     }
 }
 
