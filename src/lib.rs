@@ -11,4 +11,7 @@ pub mod sys;
 
 pub mod controller;
 pub mod dns;
+pub mod driver;
+pub mod ipam;
 pub mod lab;
+pub mod store;

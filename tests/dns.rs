@@ -2,7 +2,7 @@
 //!
 //! The world of these tests, scenario 2 of the tutorial in small: `alpine1` and `alpine2` on
 //! `alpine-net` (both with the alias `web`), `alpine3` on `other`. A "host" namespace is joined
-//! to an "internet" namespace by a veth; the internet runs a small name server that knows
+//! to an "internet" namespace by a veth (made with wharf's rtnl layer); the internet runs a small name server that knows
 //! `www.example.com` (and, to show what gets forwarded, its own `alpine3`), never answers
 //! `blackhole.example`, and answers NXDOMAIN for the rest. The resolver forwards from the host
 //! namespace. The controller is not there yet: the tests fill the resolver's table directly.
@@ -23,6 +23,7 @@ use wharf::dns::{
 use wharf::lab::Lab;
 use wharf::lab::probe::{self, DnsAnswer, Transport};
 use wharf::sys::NetNs;
+use wharf::sys::rtnl::{Handle, LinkSpec, VethPeer};
 
 const UPSTREAM: &str = "198.51.100.53:53";
 /// An upstream that receives queries and never answers.
@@ -54,12 +55,6 @@ async fn run(mut cmd: std::process::Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn ip_cmd(ns: &NetNs, args: &str) {
-    let mut cmd = ns.command("ip");
-    cmd.args(args.split_whitespace());
-    run(cmd).await;
 }
 
 /// A small authoritative name server (hickory-proto for the wire format) on UDP and TCP.
@@ -208,19 +203,30 @@ impl World {
         let lab = Lab::new();
         let host = lab.namespace("host").await.unwrap();
         let internet = lab.namespace("inet").await.unwrap();
-        ip_cmd(
-            &host,
-            &format!(
-                "link add h0 type veth peer name i0 netns {}",
-                lab.name("inet")
-            ),
-        )
-        .await;
-        ip_cmd(&host, "addr add 198.51.100.1/24 dev h0").await;
-        ip_cmd(&host, "link set h0 up").await;
-        ip_cmd(&internet, "addr add 198.51.100.53/24 dev i0").await;
-        ip_cmd(&internet, "addr add 198.51.100.54/24 dev i0").await;
-        ip_cmd(&internet, "link set i0 up").await;
+        // host -- internet, with wharf's own netlink layer.
+        let h = Handle::in_netns(&host).await.unwrap();
+        h.link()
+            .add(
+                LinkSpec::veth("h0")
+                    .peer(VethPeer::new("i0").netns(&internet))
+                    .up(),
+            )
+            .await
+            .unwrap();
+        let h0 = h.link().get("h0").await.unwrap();
+        h.address()
+            .add(h0.index, "198.51.100.1/24".parse().unwrap())
+            .await
+            .unwrap();
+        let inet = Handle::in_netns(&internet).await.unwrap();
+        let i0 = inet.link().get("i0").await.unwrap();
+        inet.link().set_up(i0.index).await.unwrap();
+        for addr in ["198.51.100.53/24", "198.51.100.54/24"] {
+            inet.address()
+                .add(i0.index, addr.parse().unwrap())
+                .await
+                .unwrap();
+        }
         let upstream = Upstream::start(&internet).await;
 
         let mut config = ResolverConfig::new(host.clone(), vec![sa(UPSTREAM)]);

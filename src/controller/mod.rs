@@ -1,5 +1,1233 @@
 //! The controller: the public entry point that ties IPAM, drivers, DNS and the store together.
 //!
-//! - [`inspect`]: the JSON shape of `docker network inspect`.
+//! A runtime opens one [`Controller`] per host with a state directory, then creates networks,
+//! sandboxes (container network namespaces) and endpoints (a sandbox's attachment to a network).
+//! Every call is async and typed, validates its input before changing anything, and either
+//! completes or undoes what it did.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), wharf::controller::Error> {
+//! use wharf::controller::{Controller, ControllerConfig, EndpointSpec, NetworkSpec, SandboxSpec};
+//! let wharf = Controller::open(ControllerConfig::new("/var/lib/wharf")).await?;
+//! wharf.create_network(NetworkSpec::new("alpine-net")).await?;
+//! wharf.create_sandbox(SandboxSpec::new("alpine1")).await?;
+//! let ep = wharf.connect("alpine1", "alpine-net", EndpointSpec::default()).await?;
+//! println!("alpine1 is {:?} on {}", ep.ipv4, ep.ifname);
+//! println!("{}", serde_json::to_string_pretty(&wharf.inspect_network("alpine-net")?).unwrap());
+//! wharf.delete_sandbox("alpine1").await?;
+//! wharf.delete_network("alpine-net").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Submodules: [`inspect`] (the JSON shape of `docker network inspect`), [`files`]
+//! (`resolv.conf` and `hosts` of a sandbox).
 
+mod error;
+pub mod files;
 pub mod inspect;
+mod model;
+mod names;
+mod records;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+
+use crate::dns::resolvconf::ResolvConf;
+use crate::driver::bridge::BridgeDriver;
+use crate::driver::host::HostDriver;
+use crate::driver::null::NullDriver;
+use crate::driver::{
+    BridgeOptions, Driver, DriverKind, DriverOptions, EndpointInfo, NetworkInfo, SandboxContext,
+    SubnetInfo, mac_for_ipv4,
+};
+use crate::ipam::{AddressRequest, Family, Ipam, IpamConfig, IpamOptions, SubnetRequest};
+use crate::store::{EmbeddedStore, Store};
+use crate::sys::NetNs;
+use crate::sys::rtnl::{Handle, IpVersion, Route};
+
+pub use error::{Error, ObjectKind, Result};
+pub use files::SandboxFiles;
+pub use inspect::NetworkInspect;
+pub use model::{
+    EndpointDetails, EndpointSpec, NetworkSpec, SandboxInfo, SandboxNamespace, SandboxSpec,
+};
+
+use model::{EndpointRecord, NetworkRecord, SandboxRecord, StoredNamespace};
+use records::Records;
+
+/// Where a controller keeps its state and which host it manages.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// The state directory (created 0700 if missing).
+    pub state_dir: PathBuf,
+    /// The namespace that plays the host (default: the process's own).
+    pub host: Option<NetNs>,
+    /// Prepended to a sandbox's name to name the namespace wharf creates for it (default empty:
+    /// `/run/netns/<sandbox name>`).
+    pub netns_prefix: String,
+    /// Where a named sandbox's `resolv.conf` and `hosts` go, in `<dir>/<netns name>/`, so that
+    /// `ip netns exec` uses them (default `/etc/netns`).
+    pub sandbox_files_dir: PathBuf,
+    /// The host's `resolv.conf` (default: `/etc/netns/<host>/resolv.conf` when the host is a
+    /// named namespace that has one, else `/etc/resolv.conf`).
+    pub host_resolv_conf: Option<PathBuf>,
+    /// The host's `hosts` file, given to host-network sandboxes (default `/etc/hosts`).
+    pub host_hosts: Option<PathBuf>,
+    /// IPAM options (pools, host identifier). Default: Docker's pools, the host id from
+    /// `/etc/machine-id`.
+    pub ipam: Option<IpamOptions>,
+}
+
+impl ControllerConfig {
+    /// Defaults with the given state directory.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            state_dir: state_dir.into(),
+            host: None,
+            netns_prefix: String::new(),
+            sandbox_files_dir: PathBuf::from("/etc/netns"),
+            host_resolv_conf: None,
+            host_hosts: None,
+            ipam: None,
+        }
+    }
+
+    /// Uses `host` as the host namespace.
+    pub fn host(mut self, host: NetNs) -> Self {
+        self.host = Some(host);
+        self
+    }
+
+    /// Sets the prefix of the namespaces wharf creates for sandboxes.
+    pub fn netns_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.netns_prefix = prefix.into();
+        self
+    }
+}
+
+/// The in-memory side of a sandbox: its namespace and a netlink handle inside it, both absent
+/// when the namespace is gone.
+#[derive(Debug, Clone)]
+struct Live {
+    ns: Option<NetNs>,
+    handle: Option<Handle>,
+}
+
+/// wharf's public entry point. Cheap to clone; safe to use from many tasks.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ControllerConfig,
+    host: NetNs,
+    host_handle: Handle,
+    store: Arc<dyn Store>,
+    ipam: Ipam,
+    drivers: HashMap<DriverKind, Arc<dyn Driver>>,
+    records: Mutex<Records>,
+    live: Mutex<HashMap<String, Live>>,
+    /// Serialises network creation and deletion (name uniqueness, subnet choice).
+    network_lock: tokio::sync::Mutex<()>,
+    /// One lock per sandbox: its connects and disconnects are ordered (interface names, the
+    /// default route); different sandboxes proceed in parallel.
+    sandbox_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+const KEY_NETWORKS: &str = "wharf/v1/networks/";
+const KEY_SANDBOXES: &str = "wharf/v1/sandboxes/";
+const KEY_ENDPOINTS: &str = "wharf/v1/endpoints/";
+
+impl Controller {
+    /// Opens (or creates) the controller state in `config.state_dir`. On first start it creates
+    /// the networks `bridge` (device `wharf0`, 172.17.0.0/16 unless a host route overlaps it),
+    /// `host` and `none`; on later starts it loads everything that was there.
+    pub async fn open(config: ControllerConfig) -> Result<Self> {
+        let host = match &config.host {
+            Some(ns) => ns.clone(),
+            None => NetNs::current()?,
+        };
+        let host_handle = Handle::in_netns(&host).await?;
+        let drivers = default_drivers(&host_handle);
+        Self::open_with(config, host, host_handle, drivers).await
+    }
+
+    async fn open_with(
+        config: ControllerConfig,
+        host: NetNs,
+        host_handle: Handle,
+        drivers: HashMap<DriverKind, Arc<dyn Driver>>,
+    ) -> Result<Self> {
+        make_private_dir(&config.state_dir)?;
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(config.state_dir.join("state.redb")).await?);
+        let ipam_options = match &config.ipam {
+            Some(o) => o.clone(),
+            None => IpamOptions::local(&host_id()),
+        };
+        let ipam = Ipam::open(store.clone(), ipam_options).await?;
+        let records = Records::load(store.as_ref()).await?;
+        let controller = Self {
+            inner: Arc::new(Inner {
+                config,
+                host,
+                host_handle,
+                store,
+                ipam,
+                drivers,
+                records: Mutex::new(records),
+                live: Mutex::new(HashMap::new()),
+                network_lock: tokio::sync::Mutex::new(()),
+                sandbox_locks: Mutex::new(HashMap::new()),
+            }),
+        };
+        controller.reopen_sandboxes().await;
+        controller.ensure_predefined().await?;
+        Ok(controller)
+    }
+
+    /// The namespace this controller treats as the host.
+    pub fn host(&self) -> &NetNs {
+        &self.inner.host
+    }
+
+    // ---- networks ------------------------------------------------------------------------
+
+    /// Creates a network (`docker network create`).
+    pub async fn create_network(&self, spec: NetworkSpec) -> Result<NetworkInspect> {
+        let _guard = self.inner.network_lock.lock().await;
+        let id = self.create_network_locked(spec, false).await?;
+        self.inspect_network(&id)
+    }
+
+    async fn create_network_locked(&self, spec: NetworkSpec, predefined: bool) -> Result<String> {
+        names::validate_network_name(&spec.name)?;
+        if self.records().network_by_name(&spec.name).is_some() {
+            return Err(Error::AlreadyExists {
+                kind: ObjectKind::Network,
+                name: spec.name,
+            });
+        }
+        let kind = spec.driver.kind();
+        let driver = self.driver(kind)?;
+        let invalid = |reason: String| Error::InvalidRequest {
+            kind: ObjectKind::Network,
+            name: spec.name.clone(),
+            reason,
+        };
+        if matches!(kind, DriverKind::Host | DriverKind::Null) {
+            if !predefined {
+                return Err(invalid(format!(
+                    "only one instance of the {kind} network is allowed, and it exists"
+                )));
+            }
+            if !spec.ipam.is_empty() || spec.enable_ipv6 {
+                return Err(invalid(format!("the {kind} driver takes no addresses")));
+            }
+        }
+        if let DriverOptions::Bridge(BridgeOptions {
+            default_bridge: true,
+            ..
+        }) = spec.driver
+        {
+            if !predefined {
+                return Err(invalid(
+                    "default_bridge is reserved for the `bridge` network".into(),
+                ));
+            }
+        }
+        let (v4_cfg, v6_cfg) = split_ipam(&spec)?;
+        let id = names::new_id();
+        let mut info = NetworkInfo {
+            id: id.clone(),
+            name: spec.name.clone(),
+            internal: spec.internal,
+            enable_ipv6: spec.enable_ipv6,
+            options: spec.driver.clone(),
+            subnets: Vec::new(),
+        };
+        driver.validate(&info)?;
+
+        // Addresses: reserved first, released on any later failure.
+        if kind.needs_addresses() {
+            let avoid = self.host_prefixes().await?;
+            let lease = self
+                .inner
+                .ipam
+                .request_subnet(
+                    SubnetRequest::new(&id, &spec.name)
+                        .with_config(v4_cfg.unwrap_or_default())
+                        .avoiding(avoid.clone()),
+                )
+                .await?;
+            info.subnets.push(SubnetInfo {
+                subnet: lease.subnet,
+                gateway: Some(lease.gateway),
+            });
+            if spec.enable_ipv6 {
+                let req = SubnetRequest::new(&id, &spec.name)
+                    .ipv6()
+                    .with_config(v6_cfg.unwrap_or_default())
+                    .avoiding(avoid);
+                match self.inner.ipam.request_subnet(req).await {
+                    Ok(lease) => info.subnets.push(SubnetInfo {
+                        subnet: lease.subnet,
+                        gateway: Some(lease.gateway),
+                    }),
+                    Err(e) => {
+                        self.release_subnets(&info).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
+
+        if let Err(e) = driver.create_network(&info).await {
+            self.release_subnets(&info).await;
+            return Err(e.into());
+        }
+        let record = NetworkRecord {
+            info: info.clone(),
+            created: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+            attachable: spec.attachable,
+            labels: spec.labels,
+            predefined,
+        };
+        if let Err(e) = self.put(KEY_NETWORKS, &id, &record).await {
+            let _ = driver.delete_network(&info).await;
+            self.release_subnets(&info).await;
+            return Err(e);
+        }
+        self.records_mut().networks.insert(id.clone(), record);
+        tracing::info!(network = %info.name, id = %id, "network created");
+        Ok(id)
+    }
+
+    /// Deletes a network (`docker network rm`); refused while endpoints remain.
+    pub async fn delete_network(&self, name_or_id: &str) -> Result<()> {
+        let _guard = self.inner.network_lock.lock().await;
+        let record = self.records().network(name_or_id)?.clone();
+        let info = &record.info;
+        if record.predefined {
+            return Err(Error::Predefined {
+                network: info.name.clone(),
+            });
+        }
+        let sandboxes = self.records().sandboxes_on(&info.id);
+        if !sandboxes.is_empty() {
+            return Err(Error::NetworkInUse {
+                network: info.name.clone(),
+                sandboxes,
+            });
+        }
+        self.driver(info.options.kind())?
+            .delete_network(info)
+            .await?;
+        self.release_subnets(info).await;
+        self.inner
+            .store
+            .delete(&format!("{KEY_NETWORKS}{}", info.id))
+            .await?;
+        self.records_mut().networks.remove(&info.id);
+        tracing::info!(network = %info.name, "network deleted");
+        Ok(())
+    }
+
+    /// All networks, in name order (`docker network ls`).
+    pub fn list_networks(&self) -> Vec<NetworkInspect> {
+        let ids: Vec<String> = {
+            let records = self.records();
+            let mut nets: Vec<_> = records.networks.values().collect();
+            nets.sort_by(|a, b| a.info.name.cmp(&b.info.name));
+            nets.into_iter().map(|n| n.info.id.clone()).collect()
+        };
+        ids.iter()
+            .filter_map(|id| self.inspect_network(id).ok())
+            .collect()
+    }
+
+    /// One network in the shape of `docker network inspect`, found by name, id or unique id
+    /// prefix.
+    pub fn inspect_network(&self, name_or_id: &str) -> Result<NetworkInspect> {
+        let records = self.records();
+        let record = records.network(name_or_id)?;
+        let leases = self.inner.ipam.subnets(&record.info.id);
+        Ok(records::inspect(record, &leases, &records))
+    }
+
+    // ---- sandboxes -----------------------------------------------------------------------
+
+    /// Creates a sandbox: a container's network namespace (new, given by path, or the host's).
+    pub async fn create_sandbox(&self, spec: SandboxSpec) -> Result<SandboxInfo> {
+        names::validate_sandbox_name(&spec.name)?;
+        if let Some(h) = &spec.hostname {
+            names::validate_hostname(h)?;
+        }
+        let lock = self.sandbox_lock(&spec.name);
+        let _guard = lock.lock().await;
+        if self.records().sandbox_by_name(&spec.name).is_some() {
+            return Err(Error::AlreadyExists {
+                kind: ObjectKind::Sandbox,
+                name: spec.name,
+            });
+        }
+        let id = names::new_id();
+        let (namespace, ns, created) = match &spec.namespace {
+            SandboxNamespace::New => {
+                let netns = format!("{}{}", self.inner.config.netns_prefix, spec.name);
+                crate::sys::netns::validate_name(&netns)?;
+                let ns = NetNs::create(&netns).await?;
+                (StoredNamespace::Owned(netns), ns, true)
+            }
+            SandboxNamespace::Path(p) => (
+                StoredNamespace::Path(p.clone()),
+                NetNs::open_path(p)?,
+                false,
+            ),
+            SandboxNamespace::Host => (StoredNamespace::Host, self.inner.host.clone(), false),
+        };
+        let undo_ns = |ns: &StoredNamespace| {
+            if let (true, StoredNamespace::Owned(name)) = (created, ns) {
+                let _ = NetNs::delete(name);
+            }
+        };
+        let handle = if namespace == StoredNamespace::Host {
+            self.inner.host_handle.clone()
+        } else {
+            match Handle::in_netns(&ns).await {
+                Ok(h) => h,
+                Err(e) => {
+                    undo_ns(&namespace);
+                    return Err(e.into());
+                }
+            }
+        };
+        let record = SandboxRecord {
+            id: id.clone(),
+            name: spec.name.clone(),
+            hostname: spec.hostname.clone().unwrap_or_else(|| spec.name.clone()),
+            namespace,
+            gateway_v4: None,
+            gateway_v6: None,
+        };
+        if let Err(e) = self.put(KEY_SANDBOXES, &id, &record).await {
+            undo_ns(&record.namespace);
+            return Err(e);
+        }
+        self.records_mut()
+            .sandboxes
+            .insert(id.clone(), record.clone());
+        self.live_mut().insert(
+            id.clone(),
+            Live {
+                ns: Some(ns),
+                handle: Some(handle),
+            },
+        );
+        if let Err(e) = self.write_files(&id) {
+            let _ = self.delete_sandbox_locked(&id).await;
+            return Err(e);
+        }
+        tracing::info!(sandbox = %spec.name, id = %id, "sandbox created");
+        self.sandbox(&id)
+    }
+
+    /// Deletes a sandbox: disconnects it from every network (also when its namespace is already
+    /// gone), deletes the namespace if wharf created it, and removes its files.
+    pub async fn delete_sandbox(&self, name_or_id: &str) -> Result<()> {
+        let (id, name) = {
+            let records = self.records();
+            let sb = records.sandbox(name_or_id)?;
+            (sb.id.clone(), sb.name.clone())
+        };
+        let lock = self.sandbox_lock(&name);
+        let _guard = lock.lock().await;
+        self.delete_sandbox_locked(&id).await?;
+        self.inner
+            .sandbox_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&name);
+        Ok(())
+    }
+
+    async fn delete_sandbox_locked(&self, id: &str) -> Result<()> {
+        let endpoints: Vec<EndpointRecord> = self
+            .records()
+            .endpoints_of(id)
+            .into_iter()
+            .cloned()
+            .collect();
+        let mut first_error = None;
+        for ep in endpoints.iter().rev() {
+            if let Err(e) = self.disconnect_locked(&ep.info.id).await {
+                tracing::warn!(endpoint = %ep.info.id, error = %e, "disconnect during sandbox delete");
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let record = self.records().sandboxes.get(id).cloned();
+        let Some(record) = record else {
+            return Ok(());
+        };
+        self.live_mut().remove(id);
+        if let StoredNamespace::Owned(netns) = &record.namespace {
+            match NetNs::delete(netns) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            let dir = self.inner.config.sandbox_files_dir.join(netns);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(dir = %dir.display(), error = %e, "removing sandbox files");
+                }
+            }
+        }
+        self.inner
+            .store
+            .delete(&format!("{KEY_SANDBOXES}{id}"))
+            .await?;
+        self.records_mut().sandboxes.remove(id);
+        tracing::info!(sandbox = %record.name, "sandbox deleted");
+        Ok(())
+    }
+
+    /// All sandboxes, in name order.
+    pub fn list_sandboxes(&self) -> Vec<SandboxInfo> {
+        let ids: Vec<String> = {
+            let records = self.records();
+            let mut sbs: Vec<_> = records.sandboxes.values().collect();
+            sbs.sort_by(|a, b| a.name.cmp(&b.name));
+            sbs.into_iter().map(|s| s.id.clone()).collect()
+        };
+        ids.iter().filter_map(|id| self.sandbox(id).ok()).collect()
+    }
+
+    /// One sandbox by name or id.
+    pub fn sandbox(&self, name_or_id: &str) -> Result<SandboxInfo> {
+        let records = self.records();
+        let sb = records.sandbox(name_or_id)?;
+        let endpoints = records
+            .endpoints_of(&sb.id)
+            .iter()
+            .map(|ep| records.details(ep))
+            .collect();
+        let (netns_path, netns_name) = match &sb.namespace {
+            StoredNamespace::Owned(n) => (
+                Path::new(crate::sys::netns::NETNS_RUN_DIR).join(n),
+                Some(n.clone()),
+            ),
+            StoredNamespace::Path(p) => (p.clone(), None),
+            StoredNamespace::Host => (self.inner.host.path().to_owned(), None),
+        };
+        Ok(SandboxInfo {
+            id: sb.id.clone(),
+            name: sb.name.clone(),
+            netns_path,
+            netns_name,
+            endpoints,
+            files: self.render_files(sb, &records),
+        })
+    }
+
+    /// The network namespace of a sandbox, for running processes in it.
+    pub fn sandbox_netns(&self, name_or_id: &str) -> Result<NetNs> {
+        let id = self.records().sandbox(name_or_id)?.id.clone();
+        self.live()
+            .get(&id)
+            .and_then(|l| l.ns.clone())
+            .ok_or(Error::NotFound {
+                kind: ObjectKind::Sandbox,
+                name: format!("{name_or_id} (its namespace is gone)"),
+            })
+    }
+
+    // ---- endpoints -----------------------------------------------------------------------
+
+    /// Connects a sandbox to a network (`docker network connect`) and returns the endpoint.
+    pub async fn connect(
+        &self,
+        sandbox: &str,
+        network: &str,
+        spec: EndpointSpec,
+    ) -> Result<EndpointDetails> {
+        let sb_name = self.records().sandbox(sandbox)?.name.clone();
+        let lock = self.sandbox_lock(&sb_name);
+        let _guard = lock.lock().await;
+        // Looked up again under the lock: the sandbox may have been deleted meanwhile.
+        let (sb, net) = {
+            let records = self.records();
+            (
+                records.sandbox(sandbox)?.clone(),
+                records.network(network)?.clone(),
+            )
+        };
+        let info = &net.info;
+        let invalid = |reason: String| Error::InvalidRequest {
+            kind: ObjectKind::Endpoint,
+            name: format!("{} on {}", sb.name, info.name),
+            reason,
+        };
+        let existing: Vec<EndpointRecord> = self
+            .records()
+            .endpoints_of(&sb.id)
+            .into_iter()
+            .cloned()
+            .collect();
+        if existing.iter().any(|e| e.network_id == info.id) {
+            return Err(Error::AlreadyConnected {
+                sandbox: sb.name.clone(),
+                network: info.name.clone(),
+            });
+        }
+        let kind = info.options.kind();
+        let is_host = sb.namespace == StoredNamespace::Host;
+        if is_host != (kind == DriverKind::Host) {
+            return Err(invalid(if is_host {
+                "a sandbox on the host's namespace can only use the host network".into()
+            } else {
+                "only a sandbox created on the host's namespace can use the host network".into()
+            }));
+        }
+        let other_kinds: Vec<DriverKind> = existing
+            .iter()
+            .filter_map(|e| {
+                self.records()
+                    .networks
+                    .get(&e.network_id)
+                    .map(|n| n.info.options.kind())
+            })
+            .collect();
+        if kind == DriverKind::Null && !existing.is_empty()
+            || other_kinds.contains(&DriverKind::Null)
+        {
+            return Err(invalid(
+                "the none network excludes every other network".into(),
+            ));
+        }
+        for alias in &spec.aliases {
+            names::validate_alias(alias)?;
+        }
+        let ifname = match &spec.ifname {
+            Some(n) => {
+                crate::sys::rtnl::validate_ifname(n).map_err(|e| Error::InvalidName {
+                    kind: ObjectKind::Interface,
+                    name: n.clone(),
+                    reason: e.to_string(),
+                })?;
+                if existing.iter().any(|e| &e.info.ifname == n) {
+                    return Err(invalid(format!("interface {n} exists in the sandbox")));
+                }
+                n.clone()
+            }
+            None => names::next_ifname(existing.iter().map(|e| e.info.ifname.as_str())),
+        };
+        let has_v4 = info.ipv4().is_some();
+        let has_v6 = info.ipv6().is_some();
+        if spec.ipv4.is_some() && !has_v4 {
+            return Err(invalid("the network has no IPv4 subnet".into()));
+        }
+        if spec.ipv6.is_some() && !has_v6 {
+            return Err(invalid("the network has no IPv6 subnet".into()));
+        }
+        if let Some(mac) = spec.mac {
+            if mac.is_multicast() || mac.is_zero() {
+                return Err(invalid(format!("{mac} is not a unicast MAC address")));
+            }
+        }
+        let driver = self.driver(kind)?;
+        let (live_ns, handle) = {
+            let live = self.live();
+            let l = live.get(&sb.id);
+            (
+                l.and_then(|l| l.ns.clone()),
+                l.and_then(|l| l.handle.clone()),
+            )
+        };
+        let (Some(ns), Some(handle)) = (live_ns, handle) else {
+            return Err(invalid("the sandbox's namespace is gone".into()));
+        };
+
+        // Addresses.
+        let ep_id = names::new_id();
+        let mut reserved: Vec<IpAddr> = Vec::new();
+        let reserve = async |req: AddressRequest, reserved: &mut Vec<IpAddr>| -> Result<IpAddr> {
+            let ip = self.inner.ipam.allocate(&info.id, req).await?;
+            reserved.push(ip);
+            Ok(ip)
+        };
+        let addressed: Result<(Option<Ipv4Network>, Option<Ipv6Network>)> = async {
+            let mut v4 = None;
+            let mut v6 = None;
+            if let Some(s) = info.ipv4() {
+                let req = match spec.ipv4 {
+                    Some(ip) => AddressRequest::Static(IpAddr::V4(ip)),
+                    None => AddressRequest::Next(Family::V4),
+                };
+                if let IpAddr::V4(ip) = reserve(req, &mut reserved).await? {
+                    v4 = Ipv4Network::new(ip, s.subnet.prefix()).ok();
+                }
+            }
+            if let Some(s) = info.ipv6() {
+                let req = match spec.ipv6 {
+                    Some(ip) => AddressRequest::Static(IpAddr::V6(ip)),
+                    None => AddressRequest::Next(Family::V6),
+                };
+                if let IpAddr::V6(ip) = reserve(req, &mut reserved).await? {
+                    v6 = Ipv6Network::new(ip, s.subnet.prefix()).ok();
+                }
+            }
+            Ok((v4, v6))
+        }
+        .await;
+        let (ipv4, ipv6) = match addressed {
+            Ok(a) => a,
+            Err(e) => {
+                self.release_addresses(info, &reserved).await;
+                return Err(e);
+            }
+        };
+        let mac = spec
+            .mac
+            .or_else(|| ipv4.map(|v4| mac_for_ipv4(v4.ip())))
+            .unwrap_or_else(names::random_mac);
+        let ep = EndpointInfo {
+            id: ep_id.clone(),
+            ifname,
+            mac,
+            ipv4,
+            ipv6,
+            ports: spec.ports.clone(),
+        };
+        let ctx = SandboxContext {
+            name: sb.name.clone(),
+            ns,
+            handle: handle.clone(),
+            is_host,
+        };
+
+        // Kernel work, undone in reverse order on failure.
+        let joined = async {
+            driver.validate_endpoint(info, &ep)?;
+            let joined = driver.join(info, &ep, &ctx).await?;
+            if let Err(e) = driver.program_external_connectivity(info, &ep).await {
+                let _ = driver.leave(info, &ep).await;
+                return Err(Error::from(e));
+            }
+            Ok(joined)
+        }
+        .await;
+        let joined = match joined {
+            Ok(j) => j,
+            Err(e) => {
+                self.release_addresses(info, &reserved).await;
+                return Err(e);
+            }
+        };
+        let mut new_sb = sb.clone();
+        let routed: Result<()> = async {
+            if info.internal {
+                return Ok(());
+            }
+            if let (None, Some(gw), Some(oif)) = (&sb.gateway_v4, joined.gateway_v4, joined.ifindex)
+            {
+                handle.route().add(Route::default_v4(gw).oif(oif)).await?;
+                new_sb.gateway_v4 = Some(ep_id.clone());
+            }
+            if let (None, Some(gw), Some(oif)) = (&sb.gateway_v6, joined.gateway_v6, joined.ifindex)
+            {
+                handle.route().add(Route::default_v6(gw).oif(oif)).await?;
+                new_sb.gateway_v6 = Some(ep_id.clone());
+            }
+            Ok(())
+        }
+        .await;
+        let seq = self.records_mut().next_seq();
+        let record = EndpointRecord {
+            info: ep.clone(),
+            network_id: info.id.clone(),
+            sandbox_id: sb.id.clone(),
+            aliases: spec.aliases.clone(),
+            seq,
+        };
+        let persisted = match routed {
+            Ok(()) => {
+                self.put_endpoint(&record, (new_sb != sb).then_some(&new_sb))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = persisted {
+            let _ = driver.revoke_external_connectivity(info, &ep).await;
+            let _ = driver.leave(info, &ep).await;
+            self.release_addresses(info, &reserved).await;
+            return Err(e);
+        }
+        {
+            let mut records = self.records_mut();
+            records.endpoints.insert(ep_id.clone(), record.clone());
+            records.sandboxes.insert(new_sb.id.clone(), new_sb);
+        }
+        if let Err(e) = self.write_files(&sb.id) {
+            tracing::warn!(sandbox = %sb.name, error = %e, "updating sandbox files");
+        }
+        tracing::debug!(sandbox = %sb.name, network = %info.name, "connected");
+        Ok(self.records().details(&record))
+    }
+
+    /// Disconnects a sandbox from a network (`docker network disconnect`). Works when the
+    /// sandbox's namespace is already gone. If the endpoint carried the default route, the next
+    /// non-internal network of the sandbox (in connection order) takes it over.
+    pub async fn disconnect(&self, sandbox: &str, network: &str) -> Result<()> {
+        let sb_name = self.records().sandbox(sandbox)?.name.clone();
+        let lock = self.sandbox_lock(&sb_name);
+        let _guard = lock.lock().await;
+        let ep_id = {
+            let records = self.records();
+            let sb = records.sandbox(sandbox)?;
+            let net = records.network(network)?;
+            records
+                .endpoints_of(&sb.id)
+                .into_iter()
+                .find(|e| e.network_id == net.info.id)
+                .map(|e| e.info.id.clone())
+                .ok_or_else(|| Error::NotConnected {
+                    sandbox: sb.name.clone(),
+                    network: net.info.name.clone(),
+                })?
+        };
+        self.disconnect_locked(&ep_id).await
+    }
+
+    async fn disconnect_locked(&self, ep_id: &str) -> Result<()> {
+        let (ep, net, sb) = {
+            let records = self.records();
+            let ep = records
+                .endpoints
+                .get(ep_id)
+                .cloned()
+                .ok_or(Error::NotFound {
+                    kind: ObjectKind::Endpoint,
+                    name: ep_id.to_owned(),
+                })?;
+            let net = records
+                .networks
+                .get(&ep.network_id)
+                .cloned()
+                .ok_or(Error::NotFound {
+                    kind: ObjectKind::Network,
+                    name: ep.network_id.clone(),
+                })?;
+            let sb = records
+                .sandboxes
+                .get(&ep.sandbox_id)
+                .cloned()
+                .ok_or(Error::NotFound {
+                    kind: ObjectKind::Sandbox,
+                    name: ep.sandbox_id.clone(),
+                })?;
+            (ep, net, sb)
+        };
+        let driver = self.driver(net.info.options.kind())?;
+        driver
+            .revoke_external_connectivity(&net.info, &ep.info)
+            .await?;
+        driver.leave(&net.info, &ep.info).await?;
+        let addrs: Vec<IpAddr> = ep
+            .info
+            .ipv4
+            .map(|n| IpAddr::V4(n.ip()))
+            .into_iter()
+            .chain(ep.info.ipv6.map(|n| IpAddr::V6(n.ip())))
+            .collect();
+        self.release_addresses(&net.info, &addrs).await;
+
+        // Move the default route if this endpoint carried it.
+        let mut new_sb = sb.clone();
+        if sb.gateway_v4.as_deref() == Some(ep_id) || sb.gateway_v6.as_deref() == Some(ep_id) {
+            self.reroute(&mut new_sb, ep_id).await;
+        }
+        let mut ops = vec![crate::store::Op::Delete {
+            key: format!("{KEY_ENDPOINTS}{ep_id}"),
+        }];
+        if new_sb != sb {
+            ops.push(crate::store::Op::Put {
+                key: format!("{KEY_SANDBOXES}{}", sb.id),
+                value: records::encode(&new_sb)?,
+            });
+        }
+        self.inner.store.apply(ops).await?;
+        {
+            let mut records = self.records_mut();
+            records.endpoints.remove(ep_id);
+            records.sandboxes.insert(new_sb.id.clone(), new_sb);
+        }
+        if let Err(e) = self.write_files(&sb.id) {
+            tracing::warn!(sandbox = %sb.name, error = %e, "updating sandbox files");
+        }
+        tracing::debug!(sandbox = %sb.name, network = %net.info.name, "disconnected");
+        Ok(())
+    }
+
+    /// Gives the default route(s) that `leaving` carried to the sandbox's next eligible
+    /// endpoint. Best effort: a sandbox whose namespace is gone needs no route.
+    async fn reroute(&self, sb: &mut SandboxRecord, leaving: &str) {
+        let handle = self.live().get(&sb.id).and_then(|l| l.handle.clone());
+        let candidates: Vec<(EndpointRecord, NetworkInfo)> = {
+            let records = self.records();
+            records
+                .endpoints_of(&sb.id)
+                .into_iter()
+                .filter(|e| e.info.id != leaving)
+                .filter_map(|e| {
+                    let net = records.networks.get(&e.network_id)?;
+                    (!net.info.internal).then(|| (e.clone(), net.info.clone()))
+                })
+                .collect()
+        };
+        let v4_moves = sb.gateway_v4.as_deref() == Some(leaving);
+        let v6_moves = sb.gateway_v6.as_deref() == Some(leaving);
+        if v4_moves {
+            sb.gateway_v4 = None;
+        }
+        if v6_moves {
+            sb.gateway_v6 = None;
+        }
+        let Some(handle) = handle else { return };
+        for (ep, net) in candidates {
+            let Ok(link) = handle.link().get(&ep.info.ifname).await else {
+                continue;
+            };
+            if v4_moves && sb.gateway_v4.is_none() {
+                if let Some(IpAddr::V4(gw)) = net.ipv4().and_then(|s| s.gateway) {
+                    if handle
+                        .route()
+                        .add(Route::default_v4(gw).oif(link.index))
+                        .await
+                        .is_ok()
+                    {
+                        sb.gateway_v4 = Some(ep.info.id.clone());
+                    }
+                }
+            }
+            if v6_moves && sb.gateway_v6.is_none() {
+                if let Some(IpAddr::V6(gw)) = net.ipv6().and_then(|s| s.gateway) {
+                    if handle
+                        .route()
+                        .add(Route::default_v6(gw).oif(link.index))
+                        .await
+                        .is_ok()
+                    {
+                        sb.gateway_v6 = Some(ep.info.id.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The endpoint of a sandbox on a network.
+    pub fn endpoint(&self, sandbox: &str, network: &str) -> Result<EndpointDetails> {
+        let records = self.records();
+        let sb = records.sandbox(sandbox)?;
+        let net = records.network(network)?;
+        records
+            .endpoints_of(&sb.id)
+            .into_iter()
+            .find(|e| e.network_id == net.info.id)
+            .map(|e| records.details(e))
+            .ok_or_else(|| Error::NotConnected {
+                sandbox: sb.name.clone(),
+                network: net.info.name.clone(),
+            })
+    }
+
+    // ---- internals -----------------------------------------------------------------------
+
+    fn records(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.inner.records.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn records_mut(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.records()
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.inner.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn live_mut(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live()
+    }
+
+    fn sandbox_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner
+            .sandbox_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn driver(&self, kind: DriverKind) -> Result<Arc<dyn Driver>> {
+        self.inner
+            .drivers
+            .get(&kind)
+            .cloned()
+            .ok_or(Error::InvalidRequest {
+                kind: ObjectKind::Network,
+                name: kind.to_string(),
+                reason: "no such driver in this controller".into(),
+            })
+    }
+
+    async fn put<T: serde::Serialize>(&self, prefix: &str, id: &str, value: &T) -> Result<()> {
+        self.inner
+            .store
+            .put(&format!("{prefix}{id}"), records::encode(value)?)
+            .await?;
+        Ok(())
+    }
+
+    async fn put_endpoint(&self, ep: &EndpointRecord, sb: Option<&SandboxRecord>) -> Result<()> {
+        let mut ops = vec![crate::store::Op::Put {
+            key: format!("{KEY_ENDPOINTS}{}", ep.info.id),
+            value: records::encode(ep)?,
+        }];
+        if let Some(sb) = sb {
+            ops.push(crate::store::Op::Put {
+                key: format!("{KEY_SANDBOXES}{}", sb.id),
+                value: records::encode(sb)?,
+            });
+        }
+        self.inner.store.apply(ops).await?;
+        Ok(())
+    }
+
+    async fn release_addresses(&self, net: &NetworkInfo, addrs: &[IpAddr]) {
+        for ip in addrs {
+            if let Err(e) = self.inner.ipam.release(&net.id, *ip).await {
+                tracing::warn!(network = %net.name, %ip, error = %e, "releasing address");
+            }
+        }
+    }
+
+    async fn release_subnets(&self, net: &NetworkInfo) {
+        for s in &net.subnets {
+            if let Err(e) = self.inner.ipam.release_subnet(&net.id, s.subnet).await {
+                tracing::warn!(network = %net.name, subnet = %s.subnet, error = %e, "releasing subnet");
+            }
+        }
+    }
+
+    /// The destination prefixes of the host's routes, which new pool subnets must not overlap.
+    async fn host_prefixes(&self) -> Result<Vec<IpNetwork>> {
+        let mut out = Vec::new();
+        for v in [IpVersion::V4, IpVersion::V6] {
+            for r in self.inner.host_handle.route().list(v).await? {
+                if r.dst.prefix() > 0 {
+                    out.push(r.dst);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates `bridge`, `host` and `none` if this state directory has not got them yet.
+    async fn ensure_predefined(&self) -> Result<()> {
+        let _guard = self.inner.network_lock.lock().await;
+        let wanted = [
+            (
+                "bridge",
+                DriverOptions::Bridge(BridgeOptions {
+                    default_bridge: true,
+                    name: Some(crate::driver::bridge::DEFAULT_BRIDGE_NAME.to_owned()),
+                    ..BridgeOptions::default()
+                }),
+            ),
+            ("host", DriverOptions::Host),
+            ("none", DriverOptions::Null),
+        ];
+        for (name, driver) in wanted {
+            if self.records().network_by_name(name).is_none() {
+                let spec = NetworkSpec {
+                    name: name.into(),
+                    driver,
+                    ..NetworkSpec::default()
+                };
+                self.create_network_locked(spec, true).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a restart: opens the namespaces of the stored sandboxes and handles inside them.
+    async fn reopen_sandboxes(&self) {
+        let sandboxes: Vec<SandboxRecord> = self.records().sandboxes.values().cloned().collect();
+        for sb in sandboxes {
+            let ns = match &sb.namespace {
+                StoredNamespace::Owned(name) => NetNs::open(name).ok(),
+                StoredNamespace::Path(p) => NetNs::open_path(p).ok(),
+                StoredNamespace::Host => Some(self.inner.host.clone()),
+            };
+            let handle = match (&sb.namespace, &ns) {
+                (StoredNamespace::Host, _) => Some(self.inner.host_handle.clone()),
+                (_, Some(ns)) => Handle::in_netns(ns).await.ok(),
+                (_, None) => None,
+            };
+            if ns.is_none() {
+                tracing::warn!(sandbox = %sb.name, "the namespace of a stored sandbox is gone");
+            }
+            self.live_mut().insert(sb.id.clone(), Live { ns, handle });
+        }
+    }
+
+    fn host_resolv_conf(&self) -> PathBuf {
+        if let Some(p) = &self.inner.config.host_resolv_conf {
+            return p.clone();
+        }
+        if let Some(name) = self.inner.host.name() {
+            let p = self
+                .inner
+                .config
+                .sandbox_files_dir
+                .join(name)
+                .join("resolv.conf");
+            if p.exists() {
+                return p;
+            }
+        }
+        PathBuf::from("/etc/resolv.conf")
+    }
+
+    fn render_files(&self, sb: &SandboxRecord, records: &Records) -> SandboxFiles {
+        let host_rc = std::fs::read_to_string(self.host_resolv_conf()).unwrap_or_default();
+        if sb.namespace == StoredNamespace::Host {
+            let hosts_path = self
+                .inner
+                .config
+                .host_hosts
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/etc/hosts"));
+            return SandboxFiles {
+                resolv_conf: host_rc,
+                hosts: std::fs::read_to_string(hosts_path).unwrap_or_default(),
+            };
+        }
+        let addresses: Vec<IpAddr> = records
+            .endpoints_of(&sb.id)
+            .iter()
+            .flat_map(|e| {
+                e.info
+                    .ipv4
+                    .map(|n| IpAddr::V4(n.ip()))
+                    .into_iter()
+                    .chain(e.info.ipv6.map(|n| IpAddr::V6(n.ip())))
+            })
+            .collect();
+        SandboxFiles {
+            resolv_conf: ResolvConf::parse(&host_rc).without_loopback().render(),
+            hosts: files::render_hosts(&sb.hostname, &addresses),
+        }
+    }
+
+    /// Writes a named sandbox's files where `ip netns exec` finds them.
+    fn write_files(&self, id: &str) -> Result<()> {
+        let (netns, files) = {
+            let records = self.records();
+            let Some(sb) = records.sandboxes.get(id) else {
+                return Ok(());
+            };
+            let StoredNamespace::Owned(netns) = &sb.namespace else {
+                return Ok(());
+            };
+            (netns.clone(), self.render_files(sb, &records))
+        };
+        let dir = self.inner.config.sandbox_files_dir.join(&netns);
+        for (file, text) in [("resolv.conf", &files.resolv_conf), ("hosts", &files.hosts)] {
+            let path = dir.join(file);
+            files::write_atomic(&path, text).map_err(|source| Error::Io {
+                what: format!("writing {}", path.display()),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn default_drivers(host: &Handle) -> HashMap<DriverKind, Arc<dyn Driver>> {
+    let mut drivers: HashMap<DriverKind, Arc<dyn Driver>> = HashMap::new();
+    drivers.insert(
+        DriverKind::Bridge,
+        Arc::new(BridgeDriver::new(host.clone())),
+    );
+    drivers.insert(DriverKind::Host, Arc::new(HostDriver));
+    drivers.insert(DriverKind::Null, Arc::new(NullDriver));
+    drivers
+}
+
+/// Splits a spec's IPAM entries into at most one IPv4 and one IPv6 entry.
+fn split_ipam(spec: &NetworkSpec) -> Result<(Option<IpamConfig>, Option<IpamConfig>)> {
+    let mut v4 = None;
+    let mut v6 = None;
+    for cfg in &spec.ipam {
+        let family = cfg
+            .subnet
+            .map(|s| if s.is_ipv4() { Family::V4 } else { Family::V6 })
+            .unwrap_or(Family::V4);
+        let slot = if family == Family::V4 {
+            &mut v4
+        } else {
+            &mut v6
+        };
+        if slot.replace(cfg.clone()).is_some() {
+            return Err(Error::InvalidRequest {
+                kind: ObjectKind::Network,
+                name: spec.name.clone(),
+                reason: format!("more than one {family} IPAM entry"),
+            });
+        }
+    }
+    if v6.is_some() && !spec.enable_ipv6 {
+        return Err(Error::InvalidRequest {
+            kind: ObjectKind::Network,
+            name: spec.name.clone(),
+            reason: "an IPv6 subnet was given but enable_ipv6 is off".into(),
+        });
+    }
+    Ok((v4, v6))
+}
+
+/// Creates `dir` (and parents) private to root: 0700.
+fn make_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let what = || format!("creating state directory {}", dir.display());
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| Error::Io {
+            what: what(),
+            source,
+        })?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|source| {
+        Error::Io {
+            what: what(),
+            source,
+        }
+    })
+}
+
+/// A stable identifier of this host for the IPv6 ULA prefix: `/etc/machine-id` if readable.
+fn host_id() -> Vec<u8> {
+    std::fs::read("/etc/machine-id").unwrap_or_else(|_| b"wharf".to_vec())
+}

@@ -387,17 +387,20 @@ fn upstream_socket(v6: bool) -> io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
-/// A random seed from the standard library's per-process hash keys and the clock.
+/// A random seed from the operating system (the standard library's per-process hash keys and
+/// the clock if that fails).
 fn seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish()
+    getrandom::u64().unwrap_or_else(|_| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default(),
+        );
+        h.finish()
+    })
 }
 
 #[cfg(test)]

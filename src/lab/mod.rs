@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use ipnetwork::IpNetwork;
+
+use crate::sys::rtnl::{Handle, LinkSpec, VethPeer};
 use crate::sys::{NetNs, SysResult};
 
 /// The prefix of every namespace a lab creates.
@@ -89,6 +92,13 @@ impl Lab {
         format!("{}-{role}", self.id)
     }
 
+    /// The prefix of every namespace name of this lab (`wlab-4242-0-`). Hand it to code under
+    /// test that creates namespaces (a controller's `netns_prefix`): the lab deletes whatever
+    /// carries it.
+    pub fn netns_prefix(&self) -> String {
+        format!("{}-", self.id)
+    }
+
     /// Creates the namespace for `role` (loopback up) and deletes it when the lab is dropped.
     pub async fn namespace(&self, role: &str) -> SysResult<NetNs> {
         let name = self.name(role);
@@ -104,6 +114,26 @@ impl Lab {
         if !names.iter().any(|n| n == name) {
             names.push(name.to_owned());
         }
+    }
+
+    /// Wires two namespaces with a veth pair: interface `a.1` in `a.0` with address `a.2`, and
+    /// `b.1` in `b.0` with address `b.2`, both up. Like a cable between two machines.
+    pub async fn wire(
+        &self,
+        a: (&NetNs, &str, IpNetwork),
+        b: (&NetNs, &str, IpNetwork),
+    ) -> SysResult<()> {
+        let ha = Handle::in_netns(a.0).await?;
+        let hb = Handle::in_netns(b.0).await?;
+        ha.link()
+            .add(LinkSpec::veth(a.1).peer(VethPeer::new(b.1).netns(b.0)).up())
+            .await?;
+        let la = ha.link().get(a.1).await?;
+        ha.address().add(la.index, a.2).await?;
+        let lb = hb.link().get(b.1).await?;
+        hb.address().add(lb.index, b.2).await?;
+        hb.link().set_up(lb.index).await?;
+        Ok(())
     }
 
     /// A fresh private directory (0700) removed with the lab, e.g. a controller's state directory.
@@ -132,7 +162,16 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let names = std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut names =
+            std::mem::take(&mut *self.namespaces.lock().unwrap_or_else(|p| p.into_inner()));
+        // Namespaces that code under test created with the lab's prefix (see
+        // `Lab::netns_prefix`), e.g. a controller's sandboxes.
+        let prefix = self.netns_prefix();
+        for name in NetNs::list_named().unwrap_or_default() {
+            if name.starts_with(&prefix) && !names.contains(&name) {
+                names.insert(0, name);
+            }
+        }
         for name in names.iter().rev() {
             match NetNs::delete(name) {
                 Ok(()) => {}

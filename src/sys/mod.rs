@@ -2,6 +2,12 @@
 //!
 //! - [`netns`]: network namespaces (create, open, delete, run code inside one on a dedicated
 //!   thread).
+//! - [`rtnl`]: route netlink — links, addresses, routes, neighbours and FDB entries of one
+//!   namespace, through a [`rtnl::Handle`] bound to it.
+//! - [`sysctl`]: per-namespace sysctls (`/proc/sys/net/...`), read and written from inside the
+//!   namespace.
+//! - [`nft`]: nftables over netfilter netlink (tables, chains, rules, sets and maps, applied in
+//!   atomic batches), through an [`NftHandle`] bound to one namespace.
 //! - [`error`]: the typed errors every kernel operation returns.
 //!
 //! Nothing here knows what a container, a network or an endpoint is: it speaks of namespaces,
@@ -9,6 +15,10 @@
 
 pub mod error;
 pub mod netns;
+pub mod nft;
+pub mod rtnl;
+pub mod sysctl;
 
 pub use error::{SysError, SysErrorKind, SysResult};
 pub use netns::NetNs;
+pub use nft::NftHandle;

@@ -1,0 +1,67 @@
+//! A sandbox's `resolv.conf` and `hosts`.
+//!
+//! For a named sandbox wharf writes them to `/etc/netns/NAME/` (configurable), where
+//! `ip netns exec NAME` bind-mounts them over `/etc/resolv.conf` and `/etc/hosts`; for every
+//! sandbox it also returns their contents, for runtimes that bind-mount files themselves.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// The two files of a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxFiles {
+    /// The text of its `resolv.conf`.
+    pub resolv_conf: String,
+    /// The text of its `hosts`.
+    pub hosts: String,
+}
+
+/// Docker's `hosts` for a container: the loopback and IPv6 boilerplate, then one line per
+/// address of the container naming its hostname.
+pub fn render_hosts(hostname: &str, addresses: &[IpAddr]) -> String {
+    let mut out = String::from(
+        "127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\n\
+         ff00::0\tip6-mcastprefix\n\
+         ff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n",
+    );
+    for ip in addresses {
+        out.push_str(&format!("{ip}\t{hostname}\n"));
+    }
+    out
+}
+
+/// Writes `contents` to `path` atomically (temporary file, fsync, rename), mode 0644 so that
+/// processes of any user in the container can read it.
+pub(crate) fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("wharf-tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        f.write_all(contents.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_names_the_container_on_each_address() {
+        let text = render_hosts("alpine1", &["172.17.0.2".parse().unwrap()]);
+        assert!(text.starts_with("127.0.0.1\tlocalhost\n"));
+        assert!(text.ends_with("172.17.0.2\talpine1\n"));
+    }
+}

@@ -1,0 +1,200 @@
+//! The bridge driver: one Linux bridge per network, a veth pair per endpoint.
+//!
+//! The bridge holds the gateway address(es). An endpoint's veth is created with its peer directly
+//! inside the sandbox, already named (`eth0`, ...) and with its MAC, while the host end is
+//! enslaved to the bridge and brought up in the same netlink request: no create-then-move, no
+//! rename. Deleting the host end deletes the pair, which is also what the kernel does by itself
+//! when the sandbox's namespace disappears.
+
+use ipnetwork::IpNetwork;
+
+use async_trait::async_trait;
+
+use super::{
+    BridgeOptions, Driver, DriverError, DriverKind, DriverOptions, EndpointInfo, Joined,
+    NetworkInfo, SandboxContext,
+};
+use crate::sys::SysError;
+use crate::sys::rtnl::{Handle, LinkSpec, VethPeer, validate_ifname};
+
+/// The bridge device of the default `bridge` network (Docker's is `docker0`; wharf's differs so
+/// both can live on one host).
+pub const DEFAULT_BRIDGE_NAME: &str = "wharf0";
+
+/// The bridge driver, working in one host namespace.
+#[derive(Debug, Clone)]
+pub struct BridgeDriver {
+    host: Handle,
+}
+
+impl BridgeDriver {
+    /// A bridge driver whose bridges live in the namespace of `host`.
+    pub fn new(host: Handle) -> Self {
+        Self { host }
+    }
+}
+
+fn options(net: &NetworkInfo) -> Result<&BridgeOptions, DriverError> {
+    match &net.options {
+        DriverOptions::Bridge(o) => Ok(o),
+        other => Err(DriverError::InvalidOption {
+            network: net.name.clone(),
+            driver: DriverKind::Bridge,
+            reason: format!("options are for the {} driver", other.kind()),
+        }),
+    }
+}
+
+/// The bridge device's name: the one given in the options, `wharf0` for the default network,
+/// otherwise `br-` and the first 12 hex digits of the network id.
+pub fn bridge_name(net: &NetworkInfo) -> String {
+    match &net.options {
+        DriverOptions::Bridge(BridgeOptions {
+            name: Some(name), ..
+        }) => name.clone(),
+        DriverOptions::Bridge(BridgeOptions {
+            default_bridge: true,
+            ..
+        }) => DEFAULT_BRIDGE_NAME.to_owned(),
+        _ => format!("br-{}", net.id.get(..12).unwrap_or(&net.id)),
+    }
+}
+
+/// The host end of an endpoint's veth pair: `veth` and the first 7 hex digits of its id.
+pub fn host_veth_name(ep: &EndpointInfo) -> String {
+    format!("veth{}", ep.id.get(..7).unwrap_or(&ep.id))
+}
+
+#[async_trait]
+impl Driver for BridgeDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Bridge
+    }
+
+    fn validate(&self, net: &NetworkInfo) -> Result<(), DriverError> {
+        let opts = options(net)?;
+        let invalid = |reason: String| DriverError::InvalidOption {
+            network: net.name.clone(),
+            driver: DriverKind::Bridge,
+            reason,
+        };
+        validate_ifname(&bridge_name(net)).map_err(|e| invalid(e.to_string()))?;
+        if let Some(mtu) = opts.mtu {
+            if !(68..=65535).contains(&mtu) {
+                return Err(invalid(format!("mtu {mtu} is outside 68..=65535")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_network(&self, net: &NetworkInfo) -> Result<(), DriverError> {
+        let opts = options(net)?;
+        let name = bridge_name(net);
+        let links = self.host.link();
+        links
+            .add(LinkSpec::bridge(&name).mtu(opts.mtu()).up())
+            .await
+            .map_err(DriverError::kernel(&net.name))?;
+        let configured: Result<(), SysError> = async {
+            let bridge = links.get(&name).await?;
+            for s in &net.subnets {
+                if let Some(gw) = s.gateway {
+                    let addr = IpNetwork::new(gw, s.subnet.prefix()).map_err(|_| {
+                        SysError::InvalidArgument {
+                            what: format!("gateway {gw} of {}", s.subnet),
+                        }
+                    })?;
+                    self.host.address().add(bridge.index, addr).await?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = configured {
+            // Deleting the bridge takes its addresses with it.
+            if let Err(undo) = links.delete_by_name(&name).await {
+                tracing::warn!(bridge = %name, error = %undo, "rollback of bridge creation failed");
+            }
+            return Err(DriverError::kernel(&net.name)(e));
+        }
+        Ok(())
+    }
+
+    async fn delete_network(&self, net: &NetworkInfo) -> Result<(), DriverError> {
+        match self.host.link().delete_by_name(&bridge_name(net)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(DriverError::kernel(&net.name)(e)),
+        }
+    }
+
+    async fn join(
+        &self,
+        net: &NetworkInfo,
+        ep: &EndpointInfo,
+        sandbox: &SandboxContext,
+    ) -> Result<Joined, DriverError> {
+        let opts = options(net)?;
+        let kernel = DriverError::kernel(&net.name);
+        let links = self.host.link();
+        let bridge = links.get(&bridge_name(net)).await.map_err(kernel)?;
+        let veth = host_veth_name(ep);
+        let mtu = opts.mtu();
+        links
+            .add(
+                LinkSpec::veth(&veth)
+                    .peer(
+                        VethPeer::new(&ep.ifname)
+                            .netns(&sandbox.ns)
+                            .mac(ep.mac)
+                            .mtu(mtu),
+                    )
+                    .master(bridge.index)
+                    .mtu(mtu)
+                    .up(),
+            )
+            .await
+            .map_err(DriverError::kernel(&net.name))?;
+        let inside = &sandbox.handle;
+        let configured: Result<u32, SysError> = async {
+            let link = inside.link().get(&ep.ifname).await?;
+            if let Some(v4) = ep.ipv4 {
+                inside.address().add(link.index, IpNetwork::V4(v4)).await?;
+            }
+            if let Some(v6) = ep.ipv6 {
+                inside.address().add(link.index, IpNetwork::V6(v6)).await?;
+            }
+            inside.link().set_up(link.index).await?;
+            Ok(link.index)
+        }
+        .await;
+        match configured {
+            Ok(ifindex) => Ok(Joined {
+                ifindex: Some(ifindex),
+                gateway_v4: net.ipv4().and_then(|s| s.gateway).and_then(|g| match g {
+                    std::net::IpAddr::V4(g) => Some(g),
+                    std::net::IpAddr::V6(_) => None,
+                }),
+                gateway_v6: net.ipv6().and_then(|s| s.gateway).and_then(|g| match g {
+                    std::net::IpAddr::V6(g) => Some(g),
+                    std::net::IpAddr::V4(_) => None,
+                }),
+            }),
+            Err(e) => {
+                if let Err(undo) = links.delete_by_name(&veth).await {
+                    tracing::warn!(veth = %veth, error = %undo, "rollback of veth creation failed");
+                }
+                Err(DriverError::kernel(&net.name)(e))
+            }
+        }
+    }
+
+    async fn leave(&self, net: &NetworkInfo, ep: &EndpointInfo) -> Result<(), DriverError> {
+        match self.host.link().delete_by_name(&host_veth_name(ep)).await {
+            Ok(()) => Ok(()),
+            // The pair is gone already: the sandbox's namespace was destroyed with it.
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(DriverError::kernel(&net.name)(e)),
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The contract between the controller and the network drivers.
+//!
+//! A driver turns "create network / create endpoint / join / leave / delete" into kernel calls
+//! through [`crate::sys`]. Everything it needs is handed in: the network and endpoint as plain
+//! values (already validated, addresses already reserved by IPAM), and the kernel handles of the
+//! host and of the sandbox. A driver keeps no state of its own that the controller could not
+//! rebuild from those values, and never talks to the store, IPAM or DNS.
+//!
+//! The implementations live in their own modules ([`bridge`], [`host`], [`null`]); the registry
+//! that picks one for a network lives above them, in the controller.
+
+pub mod bridge;
+pub mod host;
+pub mod null;
+mod options;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use async_trait::async_trait;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+use serde::{Deserialize, Serialize};
+
+use crate::sys::rtnl::{Handle, MacAddr};
+use crate::sys::{NetNs, SysError};
+
+pub use options::{BridgeOptions, DriverKind, DriverOptions};
+
+/// What a driver knows about one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    /// The 64-hex-character id.
+    pub id: String,
+    /// The unique name.
+    pub name: String,
+    /// No way out of the subnet: no default route, no NAT.
+    pub internal: bool,
+    /// Whether the network has IPv6 subnets.
+    pub enable_ipv6: bool,
+    /// The driver and its typed options.
+    pub options: DriverOptions,
+    /// The subnets (IPv4 first, then IPv6) with their gateways, as IPAM reserved them.
+    pub subnets: Vec<SubnetInfo>,
+}
+
+impl NetworkInfo {
+    /// The first IPv4 subnet.
+    pub fn ipv4(&self) -> Option<&SubnetInfo> {
+        self.subnets.iter().find(|s| s.subnet.is_ipv4())
+    }
+
+    /// The first IPv6 subnet.
+    pub fn ipv6(&self) -> Option<&SubnetInfo> {
+        self.subnets.iter().find(|s| s.subnet.is_ipv6())
+    }
+}
+
+/// A subnet of a network and its gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubnetInfo {
+    /// The subnet.
+    pub subnet: IpNetwork,
+    /// The gateway address inside it, if the network has one.
+    pub gateway: Option<IpAddr>,
+}
+
+/// What a driver knows about one endpoint (the attachment of a sandbox to a network).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    /// The endpoint's 64-hex-character id.
+    pub id: String,
+    /// The interface name inside the sandbox (`eth0`, `eth1`, ...).
+    pub ifname: String,
+    /// The interface's MAC address.
+    pub mac: MacAddr,
+    /// The IPv4 address with the subnet's prefix length.
+    pub ipv4: Option<Ipv4Network>,
+    /// The IPv6 address with the subnet's prefix length.
+    pub ipv6: Option<Ipv6Network>,
+    /// Published ports.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+}
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        })
+    }
+}
+
+/// A published port: Docker's `-p [host_ip:]host_port[-end]:container_port[-end][/proto]`.
+///
+/// `count` consecutive ports are published: `host_port + i` reaches `container_port + i`.
+///
+/// ```
+/// use wharf::driver::{PortMapping, Protocol};
+/// let p: PortMapping = serde_json::from_str(r#"{"protocol":"tcp","host_port":8080,"container_port":80}"#).unwrap();
+/// assert_eq!((p.count, p.host_ip), (1, None));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The first host port.
+    pub host_port: u16,
+    /// The first container port.
+    pub container_port: u16,
+    /// How many consecutive ports (1 for one port).
+    #[serde(default = "one")]
+    pub count: u16,
+    /// Publish on this host address only (default: every address of the host).
+    #[serde(default)]
+    pub host_ip: Option<IpAddr>,
+}
+
+fn one() -> u16 {
+    1
+}
+
+impl PortMapping {
+    /// One TCP port.
+    pub fn tcp(host_port: u16, container_port: u16) -> Self {
+        Self {
+            protocol: Protocol::Tcp,
+            host_port,
+            container_port,
+            count: 1,
+            host_ip: None,
+        }
+    }
+
+    /// One UDP port.
+    pub fn udp(host_port: u16, container_port: u16) -> Self {
+        Self {
+            protocol: Protocol::Udp,
+            ..Self::tcp(host_port, container_port)
+        }
+    }
+}
+
+/// Docker's MAC address for an endpoint: `02:42` followed by the four bytes of its IPv4 address.
+///
+/// ```
+/// use wharf::driver::mac_for_ipv4;
+/// assert_eq!(mac_for_ipv4("172.17.0.2".parse().unwrap()).to_string(), "02:42:ac:11:00:02");
+/// ```
+pub fn mac_for_ipv4(ip: Ipv4Addr) -> MacAddr {
+    let [a, b, c, d] = ip.octets();
+    MacAddr([0x02, 0x42, a, b, c, d])
+}
+
+/// The sandbox a driver attaches an endpoint to.
+#[derive(Debug, Clone)]
+pub struct SandboxContext {
+    /// The sandbox's name (for error messages).
+    pub name: String,
+    /// Its network namespace.
+    pub ns: NetNs,
+    /// A route-netlink handle inside it.
+    pub handle: Handle,
+    /// Whether the sandbox is the host namespace itself (host networking).
+    pub is_host: bool,
+}
+
+/// What joining tells the controller, which owns the sandbox-wide settings (default route).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Joined {
+    /// The interface index inside the sandbox, if the driver made one.
+    pub ifindex: Option<u32>,
+    /// The IPv4 gateway the sandbox may route through.
+    pub gateway_v4: Option<Ipv4Addr>,
+    /// The IPv6 gateway the sandbox may route through.
+    pub gateway_v6: Option<Ipv6Addr>,
+}
+
+/// Why a driver refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// The options do not fit this driver or each other.
+    #[error("network {network:?}: invalid {driver} option: {reason}")]
+    InvalidOption {
+        /// The network's name.
+        network: String,
+        /// The driver.
+        driver: DriverKind,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The request is not something this driver does.
+    #[error("network {network:?} ({driver}): {reason}")]
+    Unsupported {
+        /// The network's name.
+        network: String,
+        /// The driver.
+        driver: DriverKind,
+        /// What is not supported.
+        reason: String,
+    },
+    /// A kernel operation failed.
+    #[error("network {network:?}: {source}")]
+    Kernel {
+        /// The network's name.
+        network: String,
+        /// The kernel error, naming the operation and the object.
+        source: SysError,
+    },
+}
+
+impl DriverError {
+    /// Wraps a kernel error for `network`.
+    pub fn kernel(network: &str) -> impl FnOnce(SysError) -> Self + '_ {
+        move |source| Self::Kernel {
+            network: network.to_owned(),
+            source,
+        }
+    }
+}
+
+/// A network driver.
+///
+/// The controller calls, for a network: [`Driver::validate`] before anything is created, then
+/// [`Driver::create_network`]; for each endpoint: [`Driver::join`] (and
+/// [`Driver::program_external_connectivity`]) on connect, [`Driver::revoke_external_connectivity`]
+/// and [`Driver::leave`] on disconnect; [`Driver::delete_network`] last. Every method that
+/// changes the kernel either completes or undoes its own partial work before returning an error.
+/// `leave` and `delete_network` succeed when the objects are already gone.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait Driver: Send + Sync + std::fmt::Debug {
+    /// Which driver this is.
+    fn kind(&self) -> DriverKind;
+
+    /// Checks a network's options before anything is created.
+    fn validate(&self, net: &NetworkInfo) -> Result<(), DriverError>;
+
+    /// Creates the network's kernel objects (a bridge, ...).
+    async fn create_network(&self, net: &NetworkInfo) -> Result<(), DriverError>;
+
+    /// Deletes the network's kernel objects; succeeds if they are already gone.
+    async fn delete_network(&self, net: &NetworkInfo) -> Result<(), DriverError>;
+
+    /// Checks an endpoint before anything is created for it (e.g. options the driver cannot
+    /// honour). Nothing in the kernel changes. Accepts everything by default.
+    fn validate_endpoint(&self, _net: &NetworkInfo, _ep: &EndpointInfo) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// Attaches an endpoint to a sandbox: its interface inside the sandbox, with addresses and
+    /// up. Default routes are the controller's business (it knows the sandbox's other networks).
+    async fn join(
+        &self,
+        net: &NetworkInfo,
+        ep: &EndpointInfo,
+        sandbox: &SandboxContext,
+    ) -> Result<Joined, DriverError>;
+
+    /// Detaches an endpoint; succeeds if its interface (or the whole sandbox) is already gone.
+    async fn leave(&self, net: &NetworkInfo, ep: &EndpointInfo) -> Result<(), DriverError>;
+
+    /// Opens the endpoint to the outside (NAT, published ports). No-op by default.
+    async fn program_external_connectivity(
+        &self,
+        _net: &NetworkInfo,
+        _ep: &EndpointInfo,
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// Undoes [`Driver::program_external_connectivity`]. No-op by default.
+    async fn revoke_external_connectivity(
+        &self,
+        _net: &NetworkInfo,
+        _ep: &EndpointInfo,
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,170 @@
+//! Typed driver options, and their rendering as Docker's option keys for inspect output.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The network drivers wharf has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// A Linux bridge per network, veth pairs to the sandboxes.
+    Bridge,
+    /// The sandbox shares the host's namespace.
+    Host,
+    /// Loopback only (Docker's `none` network, driver `null`).
+    Null,
+}
+
+impl DriverKind {
+    /// Whether networks of this driver get subnets and endpoints get addresses from IPAM.
+    pub fn needs_addresses(self) -> bool {
+        !matches!(self, Self::Host | Self::Null)
+    }
+
+    /// The name Docker uses (`bridge`, `host`, `null`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bridge => "bridge",
+            Self::Host => "host",
+            Self::Null => "null",
+        }
+    }
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A network's driver with its typed options.
+///
+/// ```
+/// use wharf::driver::{BridgeOptions, DriverOptions};
+/// let opts: DriverOptions = serde_json::from_str(r#"{"bridge": {"mtu": 1400}}"#).unwrap();
+/// assert_eq!(opts, DriverOptions::Bridge(BridgeOptions { mtu: Some(1400), ..Default::default() }));
+/// // Unknown options are an error, not silently ignored.
+/// assert!(serde_json::from_str::<DriverOptions>(r#"{"bridge": {"mtux": 1400}}"#).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum DriverOptions {
+    /// The bridge driver.
+    Bridge(BridgeOptions),
+    /// The host driver (no options).
+    Host,
+    /// The null driver (no options).
+    Null,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        Self::Bridge(BridgeOptions::default())
+    }
+}
+
+impl DriverOptions {
+    /// Which driver.
+    pub fn kind(&self) -> DriverKind {
+        match self {
+            Self::Bridge(_) => DriverKind::Bridge,
+            Self::Host => DriverKind::Host,
+            Self::Null => DriverKind::Null,
+        }
+    }
+
+    /// The options under Docker's keys, as `docker network inspect` shows them.
+    pub fn docker_options(&self) -> BTreeMap<String, String> {
+        match self {
+            Self::Bridge(b) => b.docker_options(),
+            Self::Host | Self::Null => BTreeMap::new(),
+        }
+    }
+}
+
+/// Options of a bridge network (Docker's `com.docker.network.bridge.*` and `driver.mtu`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeOptions {
+    /// The bridge device's name. Default: `wharf0` for the default network, `br-<12 hex of the
+    /// id>` for others.
+    pub name: Option<String>,
+    /// MTU of the bridge and its veths. Default 1500.
+    pub mtu: Option<u32>,
+    /// Inter-container communication on this bridge. Default on.
+    pub icc: Option<bool>,
+    /// Masquerade traffic leaving the bridge's subnet. Default on.
+    pub masquerade: Option<bool>,
+    /// The default host address for published ports. Default all addresses.
+    pub host_binding_ip: Option<IpAddr>,
+    /// Whether this is the default `bridge` network (set by the controller only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub default_bridge: bool,
+}
+
+/// The MTU of a bridge network when none is given.
+pub const DEFAULT_MTU: u32 = 1500;
+
+impl BridgeOptions {
+    /// The MTU to use.
+    pub fn mtu(&self) -> u32 {
+        self.mtu.unwrap_or(DEFAULT_MTU)
+    }
+
+    /// Whether containers on the bridge may talk to each other.
+    pub fn icc(&self) -> bool {
+        self.icc.unwrap_or(true)
+    }
+
+    /// Whether traffic leaving the subnet is masqueraded.
+    pub fn masquerade(&self) -> bool {
+        self.masquerade.unwrap_or(true)
+    }
+
+    fn docker_options(&self) -> BTreeMap<String, String> {
+        const P: &str = "com.docker.network.bridge.";
+        let mut out = BTreeMap::new();
+        let mut put = |k: String, v: String| {
+            out.insert(k, v);
+        };
+        if self.default_bridge {
+            // The default network shows its effective settings, as Docker's does.
+            put(format!("{P}default_bridge"), "true".into());
+            put(format!("{P}enable_icc"), self.icc().to_string());
+            put(
+                format!("{P}enable_ip_masquerade"),
+                self.masquerade().to_string(),
+            );
+            put(
+                format!("{P}host_binding_ipv4"),
+                self.host_binding_ip
+                    .map_or_else(|| "0.0.0.0".into(), |ip| ip.to_string()),
+            );
+            put(format!("{P}name"), self.name.clone().unwrap_or_default());
+            put(
+                "com.docker.network.driver.mtu".into(),
+                self.mtu().to_string(),
+            );
+            return out;
+        }
+        if let Some(name) = &self.name {
+            put(format!("{P}name"), name.clone());
+        }
+        if let Some(icc) = self.icc {
+            put(format!("{P}enable_icc"), icc.to_string());
+        }
+        if let Some(m) = self.masquerade {
+            put(format!("{P}enable_ip_masquerade"), m.to_string());
+        }
+        if let Some(ip) = self.host_binding_ip {
+            put(format!("{P}host_binding_ipv4"), ip.to_string());
+        }
+        if let Some(mtu) = self.mtu {
+            put("com.docker.network.driver.mtu".into(), mtu.to_string());
+        }
+        out
+    }
+}

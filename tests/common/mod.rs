@@ -1,0 +1,109 @@
+//! A lab world for controller tests: a host namespace, a controller on it, and helpers that look
+//! at the kernel the way `ip` would.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use wharf::controller::{Controller, ControllerConfig};
+use wharf::lab::Lab;
+use wharf::sys::NetNs;
+use wharf::sys::rtnl::{Handle, IpVersion};
+
+/// Opens a controller on `config` (after the previous one was dropped: `drop(w.wharf)`; the
+/// state store admits one controller at a time).
+pub async fn reopen(config: &ControllerConfig) -> Controller {
+    Controller::open(config.clone())
+        .await
+        .expect("controller reopens")
+}
+
+/// A lab host with a controller on it. Everything is deleted on drop.
+pub struct World {
+    pub wharf: Controller,
+    pub host: NetNs,
+    pub files_dir: PathBuf,
+    pub config: ControllerConfig,
+    // Dropped last: the namespaces outlive the controller's handles.
+    pub lab: Lab,
+}
+
+impl World {
+    pub async fn new() -> Self {
+        let lab = Lab::new();
+        let host = lab.namespace("host").await.expect("lab host namespace");
+        let state = lab.temp_dir("state").expect("state dir");
+        let files_dir = lab.temp_dir("etc-netns").expect("files dir");
+        let resolv = files_dir.join("host-resolv.conf");
+        std::fs::write(&resolv, "nameserver 127.0.0.53\nnameserver 198.51.100.53\n").unwrap();
+        let mut config = ControllerConfig::new(state)
+            .host(host.clone())
+            .netns_prefix(lab.netns_prefix());
+        config.sandbox_files_dir = files_dir.clone();
+        config.host_resolv_conf = Some(resolv);
+        let wharf = Controller::open(config.clone())
+            .await
+            .expect("controller opens");
+        Self {
+            wharf,
+            host,
+            files_dir,
+            config,
+            lab,
+        }
+    }
+
+    /// A namespace "client" wired to the host: host 192.0.2.1/24, client 192.0.2.2/24.
+    pub async fn client(&self) -> NetNs {
+        let client = self.lab.namespace("client").await.unwrap();
+        self.lab
+            .wire(
+                (&self.host, "uplink", "192.0.2.1/24".parse().unwrap()),
+                (&client, "eth0", "192.0.2.2/24".parse().unwrap()),
+            )
+            .await
+            .unwrap();
+        client
+    }
+
+    pub async fn links_in(&self, ns: &NetNs) -> Vec<String> {
+        let h = Handle::in_netns(ns).await.unwrap();
+        let mut names: Vec<String> = h
+            .link()
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub async fn host_links(&self) -> Vec<String> {
+        self.links_in(&self.host).await
+    }
+
+    pub async fn addresses_of(&self, ns: &NetNs, ifname: &str) -> Vec<String> {
+        let h = Handle::in_netns(ns).await.unwrap();
+        let link = h.link().get(ifname).await.unwrap();
+        h.address()
+            .list_on(link.index)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.addr.to_string())
+            .collect()
+    }
+
+    pub async fn default_gateway(&self, ns: &NetNs) -> Option<String> {
+        let h = Handle::in_netns(ns).await.unwrap();
+        h.route()
+            .list(IpVersion::V4)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.dst.prefix() == 0)
+            .and_then(|r| r.gateway)
+            .map(|g| g.to_string())
+    }
+}

@@ -1,0 +1,367 @@
+//! The controller with the bridge, host and none drivers, in a lab: TUTORIALS.md scenarios 1-3
+//! by IP, inspect output, restart, and clean failures.
+
+mod common;
+
+use std::time::Duration;
+
+use common::World;
+use wharf::controller::{EndpointSpec, Error, NetworkSpec, SandboxSpec};
+use wharf::lab::probe;
+
+const FAIL_FAST: Duration = Duration::from_millis(600);
+
+#[tokio::test]
+async fn scenario_1_default_bridge() {
+    let w = World::new().await;
+    let wharf = &w.wharf;
+
+    // 1. bridge, host and none exist from the start.
+    let names: Vec<String> = wharf.list_networks().into_iter().map(|n| n.name).collect();
+    assert_eq!(names, ["bridge", "host", "none"]);
+
+    // 2. alpine1 and alpine2 land on the default bridge.
+    for name in ["alpine1", "alpine2"] {
+        wharf.create_sandbox(SandboxSpec::new(name)).await.unwrap();
+        wharf
+            .connect(name, "bridge", EndpointSpec::default())
+            .await
+            .unwrap();
+    }
+
+    // 3. inspect: subnet, gateway, both containers with addresses and MACs.
+    let bridge = wharf.inspect_network("bridge").unwrap();
+    assert_eq!(bridge.driver, "bridge");
+    assert_eq!(bridge.ipam.config[0].subnet, "172.17.0.0/16");
+    assert_eq!(bridge.ipam.config[0].gateway.as_deref(), Some("172.17.0.1"));
+    assert_eq!(bridge.options["com.docker.network.bridge.name"], "wharf0");
+    let mut seen: Vec<(String, String, String)> = bridge
+        .containers
+        .values()
+        .map(|c| {
+            (
+                c.name.clone(),
+                c.ipv4_address.clone(),
+                c.mac_address.clone(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (
+                "alpine1".into(),
+                "172.17.0.2/16".into(),
+                "02:42:ac:11:00:02".into()
+            ),
+            (
+                "alpine2".into(),
+                "172.17.0.3/16".into(),
+                "02:42:ac:11:00:03".into()
+            ),
+        ]
+    );
+
+    // 4. inside alpine1: eth0 with its address.
+    let a1 = wharf.sandbox_netns("alpine1").unwrap();
+    let addrs = w.addresses_of(&a1, "eth0").await;
+    assert!(addrs.contains(&"172.17.0.2/16".to_owned()), "{addrs:?}");
+
+    // 6. by IP: works (by name is the DNS issue's business).
+    probe::ping(&a1, "172.17.0.3".parse().unwrap(), probe::DEFAULT_TIMEOUT)
+        .await
+        .unwrap();
+    probe::ping(&a1, "172.17.0.1".parse().unwrap(), probe::DEFAULT_TIMEOUT)
+        .await
+        .unwrap();
+
+    // 7. remove both: nothing of them remains on the host.
+    for name in ["alpine1", "alpine2"] {
+        wharf.delete_sandbox(name).await.unwrap();
+    }
+    assert!(
+        wharf
+            .inspect_network("bridge")
+            .unwrap()
+            .containers
+            .is_empty()
+    );
+    assert_eq!(w.host_links().await, ["lo", "wharf0"]);
+}
+
+#[tokio::test]
+async fn scenario_2_user_defined_bridge_by_ip() {
+    let w = World::new().await;
+    let wharf = &w.wharf;
+
+    // 1. alpine-net gets the next default subnet.
+    let net = wharf
+        .create_network(NetworkSpec::new("alpine-net"))
+        .await
+        .unwrap();
+    assert_eq!(net.ipam.config[0].subnet, "172.18.0.0/16");
+    assert_eq!(net.ipam.config[0].gateway.as_deref(), Some("172.18.0.1"));
+    assert_eq!(net.id.len(), 64);
+
+    // 2. alpine1, 2, 4 on alpine-net; alpine3 on bridge; alpine4 also on bridge.
+    for name in ["alpine1", "alpine2", "alpine3", "alpine4"] {
+        wharf.create_sandbox(SandboxSpec::new(name)).await.unwrap();
+    }
+    for name in ["alpine1", "alpine2", "alpine4"] {
+        wharf
+            .connect(name, "alpine-net", EndpointSpec::default())
+            .await
+            .unwrap();
+    }
+    wharf
+        .connect("alpine3", "bridge", EndpointSpec::default())
+        .await
+        .unwrap();
+    let second = wharf
+        .connect("alpine4", "bridge", EndpointSpec::default())
+        .await
+        .unwrap();
+    assert_eq!(second.ifname, "eth1");
+
+    // 3. inspect lists them.
+    let members = |net: &str| {
+        let mut v: Vec<String> = wharf
+            .inspect_network(net)
+            .unwrap()
+            .containers
+            .into_values()
+            .map(|c| c.name)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(members("bridge"), ["alpine3", "alpine4"]);
+    assert_eq!(members("alpine-net"), ["alpine1", "alpine2", "alpine4"]);
+
+    // 4. the reachability that works by IP.
+    let ip = |sb: &str, net: &str| wharf.endpoint(sb, net).unwrap().ipv4.unwrap().into();
+    let ns = |sb: &str| wharf.sandbox_netns(sb).unwrap();
+    let ok = [
+        ("alpine1", ip("alpine2", "alpine-net")),
+        ("alpine1", ip("alpine4", "alpine-net")),
+        ("alpine2", ip("alpine1", "alpine-net")),
+        ("alpine2", ip("alpine4", "alpine-net")),
+        ("alpine3", ip("alpine4", "bridge")),
+        ("alpine4", ip("alpine1", "alpine-net")),
+        ("alpine4", ip("alpine2", "alpine-net")),
+        ("alpine4", ip("alpine3", "bridge")),
+    ];
+    for (from, to) in ok {
+        probe::ping(&ns(from), to, probe::DEFAULT_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("{from} -> {to}: {e}"));
+    }
+
+    // The default route of alpine4 goes through its first network, and moves when it leaves.
+    assert_eq!(
+        w.default_gateway(&ns("alpine4")).await.as_deref(),
+        Some("172.18.0.1")
+    );
+    wharf.disconnect("alpine4", "alpine-net").await.unwrap();
+    assert_eq!(
+        w.default_gateway(&ns("alpine4")).await.as_deref(),
+        Some("172.17.0.1")
+    );
+    assert!(
+        probe::ping(&ns("alpine1"), ip("alpine2", "alpine-net"), FAIL_FAST)
+            .await
+            .is_ok()
+    );
+
+    // 6. remove containers and the network.
+    for name in ["alpine1", "alpine2", "alpine3", "alpine4"] {
+        wharf.delete_sandbox(name).await.unwrap();
+    }
+    wharf.delete_network("alpine-net").await.unwrap();
+    assert_eq!(w.host_links().await, ["lo", "wharf0"]);
+}
+
+#[tokio::test]
+async fn scenario_3_host_networking() {
+    let w = World::new().await;
+    let wharf = &w.wharf;
+    let client = w.client().await;
+    let before = w.host_links().await;
+
+    // A web server in a container on the host network: no namespace, interface or IP of its own.
+    wharf
+        .create_sandbox(SandboxSpec::host("web"))
+        .await
+        .unwrap();
+    let ep = wharf
+        .connect("web", "host", EndpointSpec::default())
+        .await
+        .unwrap();
+    assert_eq!((ep.ipv4, ep.ipv6), (None, None));
+    let web_ns = wharf.sandbox_netns("web").unwrap();
+    assert_eq!(web_ns, w.host, "the container's namespace is the host's");
+    assert_eq!(
+        w.host_links().await,
+        before,
+        "host networking creates no interface"
+    );
+
+    // Port 8080 is bound in the host namespace and served on the host's address.
+    let server = probe::serve_tcp(&web_ns, "0.0.0.0:8080".parse().unwrap(), "nginx")
+        .await
+        .unwrap();
+    let got = probe::tcp_connect(
+        &client,
+        "192.0.2.1:8080".parse().unwrap(),
+        probe::DEFAULT_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, "nginx");
+    let inspect = wharf.inspect_network("host").unwrap();
+    let c = inspect.containers.values().next().unwrap();
+    assert_eq!((c.name.as_str(), c.ipv4_address.as_str()), ("web", ""));
+
+    // Its files are the host's.
+    let files = wharf.sandbox("web").unwrap().files;
+    assert!(
+        files.resolv_conf.contains("127.0.0.53"),
+        "host resolv.conf as is: {files:?}"
+    );
+
+    // Stop it: nothing remains.
+    drop(server);
+    wharf.delete_sandbox("web").await.unwrap();
+    assert_eq!(w.host_links().await, before);
+    // A sandbox with its own namespace cannot use the host network, and vice versa.
+    wharf.create_sandbox(SandboxSpec::new("c1")).await.unwrap();
+    let err = wharf
+        .connect("c1", "host", EndpointSpec::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn none_network_is_loopback_only() {
+    let w = World::new().await;
+    w.wharf
+        .create_sandbox(SandboxSpec::new("lonely"))
+        .await
+        .unwrap();
+    w.wharf
+        .connect("lonely", "none", EndpointSpec::default())
+        .await
+        .unwrap();
+    let ns = w.wharf.sandbox_netns("lonely").unwrap();
+    assert_eq!(w.links_in(&ns).await, ["lo"]);
+    probe::ping(&ns, "127.0.0.1".parse().unwrap(), probe::DEFAULT_TIMEOUT)
+        .await
+        .unwrap();
+    let err = w
+        .wharf
+        .connect("lonely", "bridge", EndpointSpec::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidRequest { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn sandbox_files_are_where_ip_netns_exec_finds_them() {
+    let w = World::new().await;
+    let sb = w
+        .wharf
+        .create_sandbox(SandboxSpec::new("files"))
+        .await
+        .unwrap();
+    w.wharf
+        .connect("files", "bridge", EndpointSpec::default())
+        .await
+        .unwrap();
+    let dir = w.files_dir.join(sb.netns_name.as_deref().unwrap());
+    let resolv = std::fs::read_to_string(dir.join("resolv.conf")).unwrap();
+    let hosts = std::fs::read_to_string(dir.join("hosts")).unwrap();
+    // The host's upstream servers, loopback ones filtered out.
+    assert!(resolv.contains("nameserver 198.51.100.53"), "{resolv}");
+    assert!(!resolv.contains("127.0.0.53"), "{resolv}");
+    assert!(hosts.contains("172.17.0.2\tfiles"), "{hosts}");
+    assert_eq!(w.wharf.sandbox("files").unwrap().files.hosts, hosts);
+    w.wharf.delete_sandbox("files").await.unwrap();
+    assert!(!dir.exists(), "sandbox files are removed with the sandbox");
+}
+
+#[tokio::test]
+async fn state_survives_a_restart() {
+    let mut w = World::new().await;
+    w.wharf
+        .create_network(NetworkSpec::new("alpine-net"))
+        .await
+        .unwrap();
+    for name in ["a1", "a2"] {
+        w.wharf
+            .create_sandbox(SandboxSpec::new(name))
+            .await
+            .unwrap();
+        w.wharf
+            .connect(name, "alpine-net", EndpointSpec::default())
+            .await
+            .unwrap();
+    }
+    let before = w.wharf.inspect_network("alpine-net").unwrap();
+
+    drop(w.wharf);
+    w.wharf = common::reopen(&w.config).await;
+    let after = w.wharf.inspect_network("alpine-net").unwrap();
+    assert_eq!(before, after);
+    assert_eq!(w.wharf.list_sandboxes().len(), 2);
+    let a1 = w.wharf.sandbox_netns("a1").unwrap();
+    let a2_ip = w.wharf.endpoint("a2", "alpine-net").unwrap().ipv4.unwrap();
+    probe::ping(&a1, a2_ip.into(), probe::DEFAULT_TIMEOUT)
+        .await
+        .unwrap();
+
+    // The next container gets the next address, not a reused one.
+    w.wharf
+        .create_sandbox(SandboxSpec::new("a3"))
+        .await
+        .unwrap();
+    let a3 = w
+        .wharf
+        .connect("a3", "alpine-net", EndpointSpec::default())
+        .await
+        .unwrap();
+    assert_eq!(a3.ipv4.unwrap().to_string(), "172.18.0.4");
+}
+
+#[tokio::test]
+async fn detach_works_when_the_namespace_is_gone() {
+    let mut w = World::new().await;
+    let sb = w
+        .wharf
+        .create_sandbox(SandboxSpec::new("gone"))
+        .await
+        .unwrap();
+    w.wharf
+        .connect("gone", "bridge", EndpointSpec::default())
+        .await
+        .unwrap();
+    // The controller stops; meanwhile the namespace is deleted from outside.
+    drop(w.wharf);
+    wharf::sys::NetNs::delete(sb.netns_name.as_deref().unwrap()).unwrap();
+    w.wharf = common::reopen(&w.config).await;
+    w.wharf.disconnect("gone", "bridge").await.unwrap();
+    w.wharf.delete_sandbox("gone").await.unwrap();
+    assert_eq!(w.host_links().await, ["lo", "wharf0"]);
+    // Its address is free again.
+    w.wharf
+        .create_sandbox(SandboxSpec::new("next"))
+        .await
+        .unwrap();
+    let ep = w
+        .wharf
+        .connect("next", "bridge", EndpointSpec::default())
+        .await
+        .unwrap();
+    assert_eq!(ep.ipv4.unwrap().to_string(), "172.17.0.2");
+}
