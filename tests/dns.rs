@@ -679,3 +679,109 @@ async fn stopping_a_listener_closes_its_sockets() {
     assert!(tcp.is_err(), "{tcp:?}");
     let _ = &w.host;
 }
+
+fn wire_query(id: u16, name: &str) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(id)
+        .set_recursion_desired(true)
+        .add_query(hickory_proto::op::Query::query(
+            hickory_proto::rr::Name::from_ascii(name).unwrap(),
+            RecordType::A,
+        ));
+    m.to_vec().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_forward_does_not_hold_up_the_next_query_on_a_tcp_connection() {
+    let w = World::new().await;
+    let replies = w
+        .ns("c1")
+        .run(|| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(LISTEN_ADDR).unwrap();
+            s.set_read_timeout(Some(T)).unwrap();
+            for (id, name) in [(1, "blackhole.example"), (2, "alpine2")] {
+                let q = wire_query(id, name);
+                let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&q);
+                s.write_all(&framed).unwrap();
+            }
+            let start = Instant::now();
+            (0..2)
+                .map(|_| {
+                    let mut len = [0u8; 2];
+                    s.read_exact(&mut len).unwrap();
+                    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    s.read_exact(&mut body).unwrap();
+                    (Message::from_vec(&body).unwrap(), start.elapsed())
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+    let (first, at) = &replies[0];
+    assert_eq!(
+        first.id(),
+        2,
+        "the local answer overtakes the pending forward"
+    );
+    assert!(*at < Duration::from_millis(300), "{at:?}");
+    let (second, at) = &replies[1];
+    assert_eq!(
+        (second.id(), second.response_code()),
+        (1, ResponseCode::ServFail)
+    );
+    // The timeout runs from when the forward started, a little before the clock here.
+    assert!(
+        *at >= UPSTREAM_TIMEOUT - Duration::from_millis(100),
+        "{at:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_is_bounded_and_upstreams_can_change() {
+    let w = World::with(|c| c.max_forwards = 2).await;
+    let ns = w.ns("c1").clone();
+    // Two queries the upstream never answers take both forwarding slots...
+    let pending: Vec<_> = (0..2)
+        .map(|_| {
+            let ns = ns.clone();
+            tokio::spawn(async move {
+                probe::dns_query(
+                    &ns,
+                    LISTEN_ADDR,
+                    "blackhole.example",
+                    RecordType::A,
+                    Transport::Udp,
+                    T,
+                )
+                .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ... so a third forward fails at once, while local names still answer.
+    let t0 = Instant::now();
+    let third = w
+        .ask("c1", "www.example.com", RecordType::A, Transport::Udp)
+        .await;
+    assert_eq!(third.rcode, ResponseCode::ServFail);
+    assert!(
+        t0.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(w.a("c1", "alpine2").await.1, vec![ip("172.18.0.3")]);
+    for p in pending {
+        assert_eq!(p.await.unwrap().unwrap().rcode, ResponseCode::ServFail);
+    }
+    // Once the upstream timeout has passed (the probe's own retries may have been answered
+    // SERVFAIL sooner), the slots are free again; new default upstreams apply at once.
+    tokio::time::sleep(UPSTREAM_TIMEOUT).await;
+    assert_eq!(w.a("c1", "www.example.com").await.1, vec![IpAddr::V4(WWW)]);
+    w.resolver.set_upstreams(vec![sa(SILENT)]);
+    let ans = w
+        .ask("c1", "www.example.com", RecordType::A, Transport::Udp)
+        .await;
+    assert_eq!(ans.rcode, ResponseCode::ServFail);
+}

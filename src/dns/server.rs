@@ -251,12 +251,14 @@ async fn forward_udp(
     plan: handler::Forward,
     sock: Weak<UdpSocket>,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let reply = shared
         .forwarder
         .forward(&query, &plan, Transport::Udp)
         .await;
+    // The forwarding slot is free before the client hears back.
+    drop(permit);
     // The listener may have stopped meanwhile: then there is no socket to answer from.
     if let (Some(reply), Some(sock)) = (reply, sock.upgrade()) {
         let _ = sock.send_to(&reply, peer).await;
@@ -327,11 +329,11 @@ async fn serve_conn(stream: TcpStream, cx: Arc<ListenerCx>, _slot: OwnedSemaphor
                 };
                 let (shared, wr) = (cx.shared.clone(), wr.clone());
                 forwards.spawn(async move {
-                    let _held = (permit, turn);
                     let reply = shared
                         .forwarder
                         .forward(&query, &plan, Transport::Tcp)
                         .await;
+                    drop((permit, turn));
                     if let Some(reply) = reply {
                         let _ = write_framed(&wr, &reply).await;
                     }
