@@ -470,6 +470,38 @@ pub async fn dns_query(
     })
 }
 
+/// Resolves `name` to an address the way a container's C library would: asks the name servers
+/// of `resolv_conf` (the text of the container's `resolv.conf`) in order, from inside `ns`, for
+/// an `A` record, and returns the first address. `None` when no server knows the name.
+pub async fn lookup(
+    ns: &NetNs,
+    resolv_conf: &str,
+    name: &str,
+    timeout: Duration,
+) -> Option<IpAddr> {
+    let rc = crate::dns::resolvconf::ResolvConf::parse(resolv_conf);
+    for server in rc.nameservers {
+        let answer = dns_query(
+            ns,
+            SocketAddr::new(server, 53),
+            name,
+            RecordType::A,
+            Transport::Udp,
+            timeout,
+        )
+        .await;
+        match answer {
+            Ok(a) if a.rcode == ResponseCode::NoError && !a.addresses.is_empty() => {
+                return a.addresses.first().copied();
+            }
+            // An authoritative "no such name" ends the search, as in glibc.
+            Ok(a) if a.rcode == ResponseCode::NXDomain => return None,
+            _ => continue,
+        }
+    }
+    None
+}
+
 /// A name server of the lab's "internet": answers `A`/`AAAA` for the names in `zone`
 /// (case-insensitive, with or without the trailing dot) and NXDOMAIN for every other name, over
 /// UDP and TCP on `bind` inside `ns`. Stops when the returned servers are dropped.
