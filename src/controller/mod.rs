@@ -173,8 +173,18 @@ impl Controller {
         drivers: HashMap<DriverKind, Arc<dyn Driver>>,
     ) -> Result<Self> {
         make_private_dir(&config.state_dir)?;
-        let store: Arc<dyn Store> =
-            Arc::new(EmbeddedStore::open(config.state_dir.join("state.redb")).await?);
+        let db = config.state_dir.join("state.redb");
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&db).await?);
+        // The state names every container and address on the host: root's eyes only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| Error::Io {
+                    what: format!("restricting {}", db.display()),
+                    source,
+                },
+            )?;
+        }
         let ipam_options = match &config.ipam {
             Some(o) => o.clone(),
             None => IpamOptions::local(&host_id()),
@@ -431,6 +441,15 @@ impl Controller {
                 }
             }
         };
+        if let StoredNamespace::Path(_) = &namespace {
+            // A namespace the runtime made may still have its loopback down; the embedded DNS
+            // server and the container's own services need it.
+            let lo = async {
+                let lo = handle.link().get("lo").await?;
+                handle.link().set_up(lo.index).await
+            };
+            lo.await?;
+        }
         let record = SandboxRecord {
             id: id.clone(),
             name: spec.name.clone(),
