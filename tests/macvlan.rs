@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use common::World;
+use hickory_proto::rr::RecordType;
 use wharf::controller::{EndpointSpec, Error, NetworkSpec, SandboxSpec};
 use wharf::driver::{DriverError, DriverOptions, HostAccess, MacvlanMode, MacvlanOptions};
 use wharf::ipam::{IpamConfig, IpamError};
@@ -213,6 +214,20 @@ async fn scenario_5_bridge_mode_containers_are_machines_on_the_lan() {
     ] {
         assert!(reaches(from, to).await, "-> {to}");
     }
+
+    // Names, as on a user-defined bridge (the embedded DNS inside each container).
+    let dns = "127.0.0.11:53".parse().unwrap();
+    let a = probe::dns_query(
+        &c1,
+        dns,
+        "c2",
+        RecordType::A,
+        probe::Transport::Udp,
+        probe::DEFAULT_TIMEOUT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.addresses, vec![ip2]);
 
     // The LAN sees them as machines of their own: their own MACs, not the host's.
     let seen = lan.lan_neighbours().await;
