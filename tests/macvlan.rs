@@ -498,6 +498,7 @@ async fn an_internal_network_without_parent_reaches_only_its_own() {
     // It survives a restart and goes with the network.
     drop(lan.w.wharf);
     lan.w.wharf = common::reopen(&lan.w.config).await;
+    assert!(lan.w.host_links().await.contains(&private));
     assert!(
         reaches(
             &c2,
@@ -512,6 +513,19 @@ async fn an_internal_network_without_parent_reaches_only_its_own() {
         .await
     );
     for c in ["c1", "c2"] {
+        lan.w.wharf.delete_sandbox(c).await.unwrap();
+    }
+    // After a reboot the private parent is gone: the next container makes it again.
+    lan.host()
+        .await
+        .link()
+        .delete_by_name(&private)
+        .await
+        .unwrap();
+    let (c3, _) = lan.container("c3", "island").await;
+    let (_, ip4) = lan.container("c4", "island").await;
+    assert!(reaches(&c3, ip4).await);
+    for c in ["c3", "c4"] {
         lan.w.wharf.delete_sandbox(c).await.unwrap();
     }
     lan.w.wharf.delete_network("island").await.unwrap();

@@ -351,24 +351,10 @@ impl Driver for MacvlanDriver {
         self.check_exclusive(net, opts)?;
 
         let parent = parent_name(net);
-        // The parent: wharf's private bridge, a vlan wharf creates, or the user's interface.
-        let made_parent = if opts.parent.is_none() {
-            let mut spec = LinkSpec::bridge(&parent).up();
-            if let Some(mtu) = opts.mtu {
-                spec = spec.mtu(mtu);
-            }
-            self.parents
-                .add_link(spec)
-                .await
-                .map_err(DriverError::kernel(&net.name))?;
-            true
-        } else if opts.created_parent {
-            parent::ensure_vlan(self.parents.as_ref(), &parent)
-                .await
-                .map_err(DriverError::kernel(&net.name))?
-        } else {
-            false
-        };
+        let made_parent = self
+            .ensure_parent(net, opts)
+            .await
+            .map_err(DriverError::kernel(&net.name))?;
         if let Some(h) = &opts.host_access {
             if let Err(e) = self.add_host_access(net, &parent, h).await {
                 if made_parent {
@@ -548,6 +534,34 @@ impl Driver for MacvlanDriver {
 }
 
 impl MacvlanDriver {
+    /// Makes the parent if it is wharf's to make and missing: the private bridge of a network
+    /// without a parent, or a `name.VLAN` sub-interface. Returns whether it was made now.
+    async fn ensure_parent(
+        &self,
+        net: &NetworkInfo,
+        opts: &MacvlanOptions,
+    ) -> Result<bool, SysError> {
+        let parent = parent_name(net);
+        if opts.parent.is_some() {
+            return if opts.created_parent {
+                parent::ensure_vlan(self.parents.as_ref(), &parent).await
+            } else {
+                Ok(false)
+            };
+        }
+        match self.parents.get_link(&parent).await {
+            Ok(_) => return Ok(false),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+        }
+        let mut spec = LinkSpec::bridge(&parent).up();
+        if let Some(mtu) = opts.mtu {
+            spec = spec.mtu(mtu);
+        }
+        self.parents.add_link(spec).await?;
+        Ok(true)
+    }
+
     /// The host's side of [`HostAccess`]: a bridge-mode macvlan on the parent with the host's
     /// address(es). Undone on failure.
     ///
@@ -601,6 +615,16 @@ impl MacvlanDriver {
         let links = self.host.link();
         let p = match links.get(parent).await {
             Ok(p) => p,
+            // A parent wharf made, gone since (the host rebooted): made again.
+            Err(e) if e.is_not_found() && (opts.parent.is_none() || opts.created_parent) => {
+                self.ensure_parent(net, opts)
+                    .await
+                    .map_err(DriverError::kernel(&net.name))?;
+                links
+                    .get(parent)
+                    .await
+                    .map_err(DriverError::kernel(&net.name))?
+            }
             Err(e) if e.is_not_found() => {
                 return Err(DriverError::InvalidParent {
                     network: net.name.clone(),
