@@ -294,20 +294,7 @@ async fn sandbox_files_are_where_ip_netns_exec_finds_them() {
 #[tokio::test]
 async fn state_survives_a_restart() {
     let mut w = World::new().await;
-    w.wharf
-        .create_network(NetworkSpec::new("alpine-net"))
-        .await
-        .unwrap();
-    for name in ["a1", "a2"] {
-        w.wharf
-            .create_sandbox(SandboxSpec::new(name))
-            .await
-            .unwrap();
-        w.wharf
-            .connect(name, "alpine-net", EndpointSpec::default())
-            .await
-            .unwrap();
-    }
+    w.network_with("alpine-net", &["a1", "a2"]).await;
     let before = w.wharf.inspect_network("alpine-net").unwrap();
 
     drop(w.wharf);
