@@ -18,7 +18,7 @@ mod world;
 use check::Checks;
 use world::World;
 
-const SCENARIOS: [&str; 3] = ["bridge-default", "bridge-user", "host"];
+const SCENARIOS: [&str; 4] = ["bridge-default", "bridge-user", "host", "macvlan"];
 
 #[tokio::main]
 async fn main() {
@@ -73,6 +73,7 @@ async fn run(
             "bridge-default" => scenarios::bridge_default(&world, checks).await?,
             "bridge-user" => scenarios::bridge_user(&world, checks).await?,
             "host" => scenarios::host(&world, checks).await?,
+            "macvlan" => scenarios::macvlan(&world, checks).await?,
             _ => unreachable!("checked in main"),
         }
     }

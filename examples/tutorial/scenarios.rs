@@ -279,3 +279,121 @@ pub async fn host(w: &World, checks: &Checks) -> Result {
     w.wharf.delete_sandbox("my_nginx").await?;
     Ok(())
 }
+
+/// Scenario 5: macvlan, containers as machines on the host's LAN.
+pub async fn macvlan(w: &World, checks: &Checks) -> Result {
+    use wharf::driver::{DriverOptions, MacvlanOptions};
+    use wharf::ipam::IpamConfig;
+    use wharf::sys::rtnl::{LinkSpec, VethPeer};
+    let s = "macvlan";
+    println!("\n## Scenario 5: macvlan");
+    step(
+        "The LAN: a switch with the router (192.168.50.1) and a PC (192.168.50.10); the host's uplink0 is plugged in",
+    );
+    let lan_ns = w.lab.namespace("lan").await?;
+    let lan = Handle::in_netns(&lan_ns).await?;
+    lan.link().add(LinkSpec::bridge("switch").up()).await?;
+    let switch = lan.link().get("switch").await?.index;
+    lan.address()
+        .add(switch, "192.168.50.1/24".parse()?)
+        .await?;
+    lan.link()
+        .add(
+            LinkSpec::veth("port-host")
+                .peer(VethPeer::new("uplink0").netns(&w.host))
+                .master(switch)
+                .up(),
+        )
+        .await?;
+    let host = Handle::in_netns(&w.host).await?;
+    let uplink = host.link().get("uplink0").await?.index;
+    host.link().set_up(uplink).await?;
+    let pc = w.lab.namespace("pc").await?;
+    lan.link()
+        .add(
+            LinkSpec::veth("port-pc")
+                .peer(VethPeer::new("eth0").netns(&pc))
+                .master(switch)
+                .up(),
+        )
+        .await?;
+    let pch = Handle::in_netns(&pc).await?;
+    let eth0 = pch.link().get("eth0").await?.index;
+    pch.address().add(eth0, "192.168.50.10/24".parse()?).await?;
+    pch.link().set_up(eth0).await?;
+
+    step("1. Create a macvlan network on uplink0");
+    shell(
+        "host",
+        "docker network create -d macvlan --subnet 192.168.50.0/24 --ip-range 192.168.50.128/25 \
+         --gateway 192.168.50.1 --aux-address pc=192.168.50.10 -o parent=uplink0 my-macvlan-net",
+    );
+    let opts = MacvlanOptions {
+        parent: Some("uplink0".into()),
+        ..MacvlanOptions::default()
+    };
+    let spec = NetworkSpec::new("my-macvlan-net")
+        .driver(DriverOptions::Macvlan(opts))
+        .ipam(
+            IpamConfig::new()
+                .with_subnet("192.168.50.0/24".parse()?)
+                .with_ip_range("192.168.50.128/25".parse()?)
+                .with_gateway("192.168.50.1".parse()?)
+                .with_aux_address("pc", "192.168.50.10".parse()?),
+        );
+    w.wharf.create_network(spec).await?;
+    step("2. alpine1 and alpine2 on it");
+    for name in ["alpine1", "alpine2"] {
+        shell(
+            "host",
+            &format!("docker run -dit --name {name} --network my-macvlan-net alpine ash"),
+        );
+        w.wharf.create_sandbox(SandboxSpec::new(name)).await?;
+        w.wharf
+            .connect(name, "my-macvlan-net", EndpointSpec::default())
+            .await?;
+    }
+    inspect(w, "my-macvlan-net")?;
+    ip_addr(w, "alpine1").await?;
+
+    step("3. They reach each other, the router and the PC directly on the LAN");
+    let a2 = ipv4_of(w, "alpine2", "my-macvlan-net")?;
+    ping(w, checks, s, "alpine1", "alpine2", By::Ip(a2), true).await?;
+    ping(w, checks, s, "alpine1", "alpine2", By::Name, true).await?;
+    ping(
+        w,
+        checks,
+        s,
+        "alpine1",
+        "router",
+        By::Ip("192.168.50.1".parse()?),
+        true,
+    )
+    .await?;
+    ping(
+        w,
+        checks,
+        s,
+        "alpine1",
+        "pc",
+        By::Ip("192.168.50.10".parse()?),
+        true,
+    )
+    .await?;
+    step(
+        "4. The host cannot reach its own macvlan containers through the parent (a kernel property)",
+    );
+    let a1 = ipv4_of(w, "alpine1", "my-macvlan-net")?;
+    let host_ip = "192.168.50.3/24".parse()?;
+    host.address().add(uplink, host_ip).await?;
+    shell("host", &format!("ping -c 1 {a1}"));
+    let got = probe::can_ping(&w.host, a1, CHECK_TIMEOUT).await;
+    println!("{}", if got { "reached" } else { "no reply" });
+    checks.record(s, "host", "alpine1", By::Ip(a1), got, false);
+    step("5. Clean up");
+    for name in ["alpine1", "alpine2"] {
+        w.wharf.delete_sandbox(name).await?;
+    }
+    w.wharf.delete_network("my-macvlan-net").await?;
+    Ok(())
+}

@@ -25,7 +25,8 @@ pub struct World {
     /// Whether the host is the machine's real namespace (`--real-host`).
     pub real_host: bool,
     _servers: Vec<probe::Server>,
-    _lab: Lab,
+    /// The lab, for scenarios that build more of the world (a LAN).
+    pub lab: Lab,
 }
 
 impl World {
@@ -48,7 +49,7 @@ impl World {
                 outside,
                 real_host,
                 _servers: servers,
-                _lab: lab,
+                lab,
             });
         }
         let host = lab.namespace("host").await?;
@@ -99,7 +100,7 @@ impl World {
             outside,
             real_host,
             _servers: servers,
-            _lab: lab,
+            lab,
         })
     }
 }
