@@ -132,6 +132,21 @@ async fn failed_batches_name_the_op_that_failed() {
         matches!(err, StoreError::AlreadyExists { ref key } if key == "c"),
         "{err}"
     );
+    let err = store
+        .apply(vec![
+            put("c"),
+            Op::Swap {
+                key: "c".into(),
+                expected: ra,
+                value: vec![],
+            },
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Conflict { ref key, .. } if key == "c"),
+        "{err}"
+    );
     // Swap against revision 0 never matches, not even an absent key.
     let err = store
         .compare_and_swap("absent", 0, vec![])

@@ -120,8 +120,10 @@ impl EtcdOptions {
 ///   restarted, a network cut, a member lost its leader), the stream reconnects by itself and
 ///   resumes right after the last revision it delivered, so nothing is missed or repeated. It
 ///   yields [`StoreError::WatchLagged`] and ends if etcd no longer has that history (it was
-///   compacted meanwhile, or the cluster was replaced), and a backend error if it cannot reach
-///   etcd for [`EtcdOptions::watch_retry_for`]. It also ends when the store is dropped.
+///   compacted meanwhile, or the cluster was replaced; `missed` then counts revisions, not
+///   events, as an estimate), and a backend error if it cannot reach etcd for
+///   [`EtcdOptions::watch_retry_for`]. It also ends when the store is dropped. Each watch is one
+///   gRPC stream of its own.
 /// - Leases are etcd's leases (see [`Store::grant_lease`]): ttls in whole seconds, expiry done
 ///   by etcd, so a host's leased keys vanish even if it dies without a word.
 ///
@@ -434,12 +436,33 @@ enum Write {
 }
 
 /// A batch as one etcd transaction: a guard per key (from the first op on it), the last write
-/// per key, and whether some later op on a key fails against the batch itself.
+/// per key, and the first op that cannot succeed whatever the store holds (a later op on a key
+/// that fails against the batch itself, or a guard on revision 0).
 struct Plan {
     compares: Vec<Compare>,
     keys: Vec<Vec<u8>>,
     writes: Vec<(Vec<u8>, Write)>,
-    impossible: bool,
+    impossible: Option<usize>,
+}
+
+/// The error of an op that cannot succeed, when reading the store does not tell a better one.
+fn impossible_op(op: &Op) -> StoreError {
+    match op {
+        Op::Create { key, .. } | Op::CreateWithLease { key, .. } => {
+            StoreError::AlreadyExists { key: key.clone() }
+        }
+        Op::Delete { key } => StoreError::NotFound { key: key.clone() },
+        Op::Swap { key, expected, .. } | Op::DeleteIf { key, expected } => StoreError::Conflict {
+            key: key.clone(),
+            expected: *expected,
+            actual: None,
+        },
+        Op::Put { key, .. } | Op::PutWithLease { key, .. } => StoreError::Conflict {
+            key: key.clone(),
+            expected: 0,
+            actual: None,
+        },
+    }
 }
 
 impl Plan {
@@ -448,11 +471,11 @@ impl Plan {
             compares: Vec::new(),
             keys: Vec::new(),
             writes: Vec::new(),
-            impossible: false,
+            impossible: None,
         };
         // Key -> (index in `writes`, whether the key exists after the ops so far).
         let mut seen: HashMap<&str, (usize, bool)> = HashMap::new();
-        for op in ops {
+        for (at, op) in ops.iter().enumerate() {
             let write = match op {
                 Op::Create { value, .. } | Op::Put { value, .. } | Op::Swap { value, .. } => {
                     Write::Put(value.clone(), None)
@@ -472,7 +495,9 @@ impl Plan {
                         Op::Swap { .. } | Op::DeleteIf { .. } => true,
                         Op::Put { .. } | Op::PutWithLease { .. } => false,
                     };
-                    plan.impossible |= fails;
+                    if fails && plan.impossible.is_none() {
+                        plan.impossible = Some(at);
+                    }
                     *exists = exists_after;
                     plan.writes[*index].1 = write;
                 }
@@ -494,7 +519,9 @@ impl Plan {
                                 Ok(expected) if expected > 0 => plan.compares.push(
                                     Compare::mod_revision(full.clone(), CompareOp::Equal, expected),
                                 ),
-                                _ => plan.impossible = true,
+                                _ => {
+                                    plan.impossible.get_or_insert(at);
+                                }
                             }
                         }
                         Op::Put { .. } | Op::PutWithLease { .. } => {}
@@ -579,15 +606,10 @@ impl Store for EtcdStore {
                 ops.len()
             )
         };
-        if plan.impossible {
+        if let Some(index) = plan.impossible {
             let (revisions, current) = self.read_revisions(&plan.keys).await?;
-            return Err(self
-                .diagnose(ops, &revisions, current)
-                .unwrap_or(StoreError::Conflict {
-                    key: first_key,
-                    expected: 0,
-                    actual: None,
-                }));
+            let fallback = impossible_op(&ops[index]);
+            return Err(self.diagnose(ops, &revisions, current).unwrap_or(fallback));
         }
         let reads: Vec<TxnOp> = plan
             .keys

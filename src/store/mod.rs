@@ -1,11 +1,11 @@
-//! Where wharf's state lives: a small key-value contract and its two local implementations.
+//! Where wharf's state lives: a small key-value contract, two local implementations and etcd.
 //!
 //! Why it exists: IPAM allocations, and later the controller's own records (what it created, so
 //! that a crash can be recovered), must survive a restart, and cluster-scoped state must be shared
 //! by several hosts. Both needs are met by one narrow contract, [`Store`], shaped like etcd's:
 //! string keys, opaque byte values, a store-wide [`Revision`] counter, atomic multi-key
 //! [`Op`] batches with create-if-absent and compare-and-swap, prefix listing and prefix watches.
-//! An etcd backend can implement it later without changing any caller.
+//! The same callers run on one host's disk and on an etcd cluster.
 //!
 //! Implementations here:
 //! - [`EmbeddedStore`]: the default, on local disk, crash-safe (a [`redb`] database: copy-on-write
@@ -23,8 +23,9 @@
 //!
 //! What it deliberately does not do: interpret keys or values (callers own their layout and
 //! encoding, conventionally `component/v1/...` keys and JSON values), or history (a watch starts
-//! at "now": watch first, then list, then drop watch events whose revision is not newer than the
-//! listed one). It knows nothing about networks, IPAM or the kernel.
+//! at "now": watch first, then list, then apply a watch event to a listed key only if its
+//! revision is newer than the listed one; events arrive in order, so the view converges). It
+//! knows nothing about networks, IPAM or the kernel.
 
 #![warn(missing_docs)]
 
@@ -196,7 +197,9 @@ impl WatchEvent {
 /// The stream returned by [`Store::watch`]: events in revision order.
 ///
 /// It yields `Err(StoreError::WatchLagged)` if the watcher fell too far behind (the caller should
-/// list again and re-watch) and ends when the store is dropped.
+/// list again and re-watch) and ends when the store is dropped. The etcd store also ends it with
+/// a `Backend` error when etcd stays unreachable (after trying to resume for a while). After an
+/// error the stream ends: watch again.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
 
 /// Errors from a [`Store`].
