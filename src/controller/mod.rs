@@ -37,6 +37,10 @@ use std::sync::{Arc, Mutex};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::dns::resolvconf::ResolvConf;
+use crate::dns::{
+    EndpointDns, Listener, NetworkDns, NetworkKey, Resolver, ResolverConfig, SandboxDns,
+    upstreams_on_port_53,
+};
 use crate::driver::bridge::BridgeDriver;
 use crate::driver::host::HostDriver;
 use crate::driver::null::NullDriver;
@@ -133,6 +137,10 @@ struct Inner {
     drivers: HashMap<DriverKind, Arc<dyn Driver>>,
     records: Mutex<Records>,
     live: Mutex<HashMap<String, Live>>,
+    /// The embedded DNS server of every sandbox on a user-defined network.
+    resolver: Resolver,
+    /// Each such sandbox's listener at 127.0.0.11:53, by sandbox id.
+    listeners: Mutex<HashMap<String, Listener>>,
     /// Serialises network creation and deletion (name uniqueness, subnet choice).
     network_lock: tokio::sync::Mutex<()>,
     /// One lock per sandbox: its connects and disconnects are ordered (interface names, the
@@ -173,6 +181,16 @@ impl Controller {
         };
         let ipam = Ipam::open(store.clone(), ipam_options).await?;
         let records = Records::load(store.as_ref()).await?;
+        let host_rc = ResolvConf::parse(
+            &std::fs::read_to_string(host_resolv_conf(&config, &host)).unwrap_or_default(),
+        );
+        // Forwarding leaves from the host's namespace, so its loopback servers work as they are.
+        let resolver = Resolver::new(ResolverConfig::new(
+            host.clone(),
+            upstreams_on_port_53(&host_rc.nameservers),
+        ))
+        .await
+        .map_err(|e| Error::Dns(Box::new(e)))?;
         let controller = Self {
             inner: Arc::new(Inner {
                 config,
@@ -183,12 +201,15 @@ impl Controller {
                 drivers,
                 records: Mutex::new(records),
                 live: Mutex::new(HashMap::new()),
+                resolver,
+                listeners: Mutex::new(HashMap::new()),
                 network_lock: tokio::sync::Mutex::new(()),
                 sandbox_locks: Mutex::new(HashMap::new()),
             }),
         };
         controller.reopen_sandboxes().await;
         controller.ensure_predefined().await?;
+        controller.restore_dns().await;
         Ok(controller)
     }
 
@@ -304,6 +325,7 @@ impl Controller {
             self.release_subnets(&info).await;
             return Err(e);
         }
+        self.register_network_dns(&record);
         self.records_mut().networks.insert(id.clone(), record);
         tracing::info!(network = %info.name, id = %id, "network created");
         Ok(id)
@@ -335,6 +357,7 @@ impl Controller {
             .delete(&format!("{KEY_NETWORKS}{}", info.id))
             .await?;
         self.records_mut().networks.remove(&info.id);
+        self.inner.resolver.remove_network(&info.id);
         tracing::info!(network = %info.name, "network deleted");
         Ok(())
     }
@@ -479,6 +502,11 @@ impl Controller {
             return Ok(());
         };
         self.live_mut().remove(id);
+        self.inner.resolver.remove_sandbox(id);
+        let listener = self.listeners().remove(id);
+        if let Some(listener) = listener {
+            listener.stop().await;
+        }
         if let StoredNamespace::Owned(netns) = &record.namespace {
             match NetNs::delete(netns) {
                 Ok(()) => {}
@@ -777,6 +805,8 @@ impl Controller {
             records.endpoints.insert(ep_id.clone(), record.clone());
             records.sandboxes.insert(new_sb.id.clone(), new_sb);
         }
+        self.register_endpoint_dns(&record, &sb.name);
+        self.sync_listener(&sb.id).await;
         if let Err(e) = self.write_files(&sb.id) {
             tracing::warn!(sandbox = %sb.name, error = %e, "updating sandbox files");
         }
@@ -871,6 +901,8 @@ impl Controller {
             records.endpoints.remove(ep_id);
             records.sandboxes.insert(new_sb.id.clone(), new_sb);
         }
+        self.inner.resolver.remove_endpoint(&net.info.id, &sb.id);
+        self.sync_listener(&sb.id).await;
         if let Err(e) = self.write_files(&sb.id) {
             tracing::warn!(sandbox = %sb.name, error = %e, "updating sandbox files");
         }
@@ -1091,26 +1123,120 @@ impl Controller {
         }
     }
 
-    fn host_resolv_conf(&self) -> PathBuf {
-        if let Some(p) = &self.inner.config.host_resolv_conf {
-            return p.clone();
+    fn listeners(&self) -> std::sync::MutexGuard<'_, HashMap<String, Listener>> {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the resolver about a network, if its sandboxes use the embedded DNS at all: the
+    /// default `bridge` network forwards but has no names; `host` and `none` are not its
+    /// business.
+    fn register_network_dns(&self, net: &NetworkRecord) {
+        let info = &net.info;
+        if !info.options.kind().needs_addresses() {
+            return;
         }
-        if let Some(name) = self.inner.host.name() {
-            let p = self
+        let dns = NetworkDns {
+            internal: info.internal,
+            upstreams: None,
+            resolves_names: !is_default_bridge(info),
+        };
+        let key = NetworkKey {
+            id: info.id.clone(),
+            name: info.name.clone(),
+        };
+        if let Err(e) = self.inner.resolver.upsert_network(key, dns) {
+            tracing::warn!(network = %info.name, error = %e, "registering a network with DNS");
+        }
+    }
+
+    /// Tells the resolver about an endpoint (its sandbox's name, aliases and addresses).
+    fn register_endpoint_dns(&self, ep: &EndpointRecord, sandbox_name: &str) {
+        let registered = self
+            .records()
+            .networks
+            .get(&ep.network_id)
+            .is_some_and(|n| n.info.options.kind().needs_addresses());
+        if !registered {
+            return;
+        }
+        let dns = EndpointDns {
+            network_id: ep.network_id.clone(),
+            sandbox_id: ep.sandbox_id.clone(),
+            name: sandbox_name.to_owned(),
+            aliases: ep.aliases.clone(),
+            ipv4: ep.info.ipv4.map(|n| n.ip()),
+            ipv6: ep.info.ipv6.map(|n| n.ip()),
+        };
+        if let Err(e) = self.inner.resolver.upsert_endpoint(dns) {
+            tracing::warn!(sandbox = %sandbox_name, error = %e, "registering an endpoint with DNS");
+        }
+    }
+
+    /// Starts the sandbox's DNS listener if it is on a user-defined network, stops it if not.
+    async fn sync_listener(&self, sandbox_id: &str) {
+        let wants = self.records().uses_embedded_dns(sandbox_id);
+        let has = self.listeners().contains_key(sandbox_id);
+        if wants && !has {
+            let ns = self.live().get(sandbox_id).and_then(|l| l.ns.clone());
+            let Some(ns) = ns else { return };
+            match self
                 .inner
-                .config
-                .sandbox_files_dir
-                .join(name)
-                .join("resolv.conf");
-            if p.exists() {
-                return p;
+                .resolver
+                .listen(sandbox_id, &ns, SandboxDns::default())
+                .await
+            {
+                Ok(listener) => {
+                    self.listeners().insert(sandbox_id.to_owned(), listener);
+                }
+                Err(e) => tracing::warn!(sandbox = %sandbox_id, error = %e, "starting DNS"),
+            }
+        } else if !wants && has {
+            let listener = self.listeners().remove(sandbox_id);
+            if let Some(listener) = listener {
+                listener.stop().await;
             }
         }
-        PathBuf::from("/etc/resolv.conf")
+    }
+
+    /// After a restart: the resolver learns every network and endpoint again, and listeners
+    /// start in the sandboxes that had them.
+    async fn restore_dns(&self) {
+        let (networks, endpoints, sandboxes) = {
+            let records = self.records();
+            let networks: Vec<NetworkRecord> = records.networks.values().cloned().collect();
+            let endpoints: Vec<(EndpointRecord, String)> = records
+                .endpoints
+                .values()
+                .map(|e| {
+                    let name = records
+                        .sandboxes
+                        .get(&e.sandbox_id)
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default();
+                    (e.clone(), name)
+                })
+                .collect();
+            let sandboxes: Vec<String> = records.sandboxes.keys().cloned().collect();
+            (networks, endpoints, sandboxes)
+        };
+        for net in &networks {
+            self.register_network_dns(net);
+        }
+        for (ep, name) in &endpoints {
+            self.register_endpoint_dns(ep, name);
+        }
+        for id in sandboxes {
+            self.sync_listener(&id).await;
+        }
     }
 
     fn render_files(&self, sb: &SandboxRecord, records: &Records) -> SandboxFiles {
-        let host_rc = std::fs::read_to_string(self.host_resolv_conf()).unwrap_or_default();
+        let host_rc =
+            std::fs::read_to_string(host_resolv_conf(&self.inner.config, &self.inner.host))
+                .unwrap_or_default();
         if sb.namespace == StoredNamespace::Host {
             let hosts_path = self
                 .inner
@@ -1134,8 +1260,20 @@ impl Controller {
                     .chain(e.info.ipv6.map(|n| IpAddr::V6(n.ip())))
             })
             .collect();
+        let host_rc = ResolvConf::parse(&host_rc);
+        let resolv_conf = if records.uses_embedded_dns(&sb.id) {
+            // Docker's: the embedded server, the host's search domains, and ndots:0 so that
+            // single-label names (other containers) are asked as they are.
+            ResolvConf {
+                nameservers: vec![crate::dns::LISTEN_ADDR.ip()],
+                search: host_rc.search.clone(),
+                options: vec!["ndots:0".into()],
+            }
+        } else {
+            host_rc.without_loopback()
+        };
         SandboxFiles {
-            resolv_conf: ResolvConf::parse(&host_rc).without_loopback().render(),
+            resolv_conf: resolv_conf.render(),
             hosts: files::render_hosts(&sb.hostname, &addresses),
         }
     }
@@ -1162,6 +1300,32 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+/// The host's `resolv.conf`: the configured one, else `/etc/netns/<host>/resolv.conf` for a
+/// named host namespace that has one (what `ip netns exec` would show), else `/etc/resolv.conf`.
+fn host_resolv_conf(config: &ControllerConfig, host: &NetNs) -> PathBuf {
+    if let Some(p) = &config.host_resolv_conf {
+        return p.clone();
+    }
+    if let Some(name) = host.name() {
+        let p = config.sandbox_files_dir.join(name).join("resolv.conf");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("/etc/resolv.conf")
+}
+
+/// Whether a network is the predefined default `bridge` (no name resolution on it).
+fn is_default_bridge(info: &NetworkInfo) -> bool {
+    matches!(
+        &info.options,
+        DriverOptions::Bridge(BridgeOptions {
+            default_bridge: true,
+            ..
+        })
+    )
 }
 
 fn default_drivers(host: &Handle) -> HashMap<DriverKind, Arc<dyn Driver>> {
@@ -1231,3 +1395,6 @@ fn make_private_dir(dir: &Path) -> Result<()> {
 fn host_id() -> Vec<u8> {
     std::fs::read("/etc/machine-id").unwrap_or_else(|_| b"wharf".to_vec())
 }
+
+#[cfg(test)]
+mod tests;

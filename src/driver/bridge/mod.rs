@@ -15,7 +15,7 @@ use super::{
     NetworkInfo, SandboxContext,
 };
 use crate::sys::SysError;
-use crate::sys::rtnl::{Handle, LinkSpec, VethPeer, validate_ifname};
+use crate::sys::rtnl::{Handle, LinkSpec, MacAddr, VethPeer, validate_ifname};
 
 /// The bridge device of the default `bridge` network (Docker's is `docker0`; wharf's differs so
 /// both can live on one host).
@@ -60,6 +60,23 @@ pub fn bridge_name(net: &NetworkInfo) -> String {
     }
 }
 
+/// A stable, locally administered MAC address for a network's bridge, derived from its id.
+pub fn bridge_mac(net: &NetworkInfo) -> MacAddr {
+    let mut mac = [0x02, 0x42, 0, 0, 0, 0];
+    let hex = net.id.as_bytes();
+    for (i, byte) in mac.iter_mut().skip(2).enumerate() {
+        let pair = hex
+            .get(i * 2..i * 2 + 2)
+            .and_then(|p| std::str::from_utf8(p).ok());
+        *byte = pair
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
+            .unwrap_or(0);
+    }
+    // 02:42:ac:.. is what containers get; keep the bridge clear of that range.
+    mac[1] = 0x43;
+    MacAddr(mac)
+}
+
 /// The host end of an endpoint's veth pair: `veth` and the first 7 hex digits of its id.
 pub fn host_veth_name(ep: &EndpointInfo) -> String {
     format!("veth{}", ep.id.get(..7).unwrap_or(&ep.id))
@@ -91,8 +108,15 @@ impl Driver for BridgeDriver {
         let opts = options(net)?;
         let name = bridge_name(net);
         let links = self.host.link();
+        // A bridge whose MAC address was set keeps it, instead of taking the lowest MAC of its
+        // ports: the kernel then skips recomputing it over every port on each attach.
         links
-            .add(LinkSpec::bridge(&name).mtu(opts.mtu()).up())
+            .add(
+                LinkSpec::bridge(&name)
+                    .mtu(opts.mtu())
+                    .mac(bridge_mac(net))
+                    .up(),
+            )
             .await
             .map_err(DriverError::kernel(&net.name))?;
         let configured: Result<(), SysError> = async {
