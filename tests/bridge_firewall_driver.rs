@@ -167,3 +167,23 @@ async fn a_firewall_failure_undoes_the_network() {
     let err = h.link().get(&bridge_name(&net)).await.unwrap_err();
     assert!(err.is_not_found(), "the bridge was removed: {err}");
 }
+
+#[tokio::test]
+async fn tables_deleted_behind_wharfs_back_are_made_again() {
+    let lab = Lab::new();
+    let host = lab.namespace("host").await.unwrap();
+    let nft = NftHandle::open(&host).await.unwrap();
+    let driver = BridgeDriver::new(Handle::in_netns(&host).await.unwrap());
+    let first = network("first", 'e', "10.94.0.0/24", BridgeOptions::default());
+    driver.create_network(&first).await.unwrap();
+    let rules = nft.list_rules(&Table::inet("wharf")).await.unwrap();
+    // Someone deletes wharf's table (`nft flush ruleset`).
+    let mut b = Batch::new();
+    b.delete_table(&Table::inet("wharf"));
+    nft.apply(&b).await.unwrap();
+    let second = network("second", 'f', "10.95.0.0/24", BridgeOptions::default());
+    driver.create_network(&second).await.unwrap();
+    let again = nft.list_rules(&Table::inet("wharf")).await.unwrap();
+    assert_eq!(again.len(), rules.len());
+    assert!(again.iter().zip(&rules).all(|(a, b)| a.same_as(b)));
+}

@@ -102,12 +102,15 @@
 //! - **The user chain** is jumped to first from `forward` (Docker's `DOCKER-USER`); wharf
 //!   creates it once and never flushes or rewrites it. Deleting the last bridge network
 //!   deletes wharf's tables, the user chain included (nothing of wharf remains).
-//! - **Rebuild.** Adding a network verifies the static rules against the kernel's listing
-//!   (`Rule::same_as`) and rewrites wharf's base chains, in the same batch, only when they
-//!   differ (e.g. written by another wharf version); a restarted controller finds everything in
-//!   place. Removing a network deletes only the elements the kernel lists, so it can be retried.
+//! - **Rebuild.** The first network a [`Firewall`] adds (and any after a failed change)
+//!   verifies the static rules against the kernel's listing (`Rule::same_as`) and rewrites
+//!   wharf's base chains, in the same batch, only when they differ (e.g. written by another
+//!   wharf version); a restarted controller finds everything in place. Later networks are one
+//!   batch of elements. Removing a network deletes only the elements the kernel lists, so it
+//!   can be retried.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ipnetwork::IpNetwork;
 use tokio::sync::{Mutex, OnceCell};
@@ -640,6 +643,9 @@ pub struct Firewall {
     ns: NetNs,
     nft: OnceCell<NftHandle>,
     lock: Mutex<()>,
+    /// The static ruleset was found (or made) as [`rules`] says, by this process. Cleared when
+    /// wharf deletes its tables and when a change fails (someone else may have changed them).
+    verified: AtomicBool,
 }
 
 impl Firewall {
@@ -649,6 +655,7 @@ impl Firewall {
             ns,
             nft: OnceCell::new(),
             lock: Mutex::new(()),
+            verified: AtomicBool::new(false),
         }
     }
 
@@ -677,6 +684,12 @@ impl Firewall {
                 .into_iter()
                 .filter(|r| r.chain != USER_CHAIN)
                 .collect();
+            let same =
+                have.len() == want.len() && have.iter().zip(&want).all(|(h, w)| h.same_as(w));
+            if same {
+                // Every chain and set is referenced by a rule: all of them are in place.
+                continue;
+            }
             b.add_table(&t);
             for c in &chains {
                 b.add_chain(c);
@@ -684,18 +697,14 @@ impl Firewall {
             for s in &sets {
                 b.add_set(s);
             }
-            let same =
-                have.len() == want.len() && have.iter().zip(&want).all(|(h, w)| h.same_as(w));
-            if !same {
-                if !have.is_empty() {
-                    tracing::info!(table = %t, "rewriting wharf's base chains");
-                }
-                for c in chains.iter().filter(|c| c.base.is_some()) {
-                    b.flush_chain(&t, &c.name);
-                }
-                for r in &want {
-                    b.add_rule(r);
-                }
+            if !have.is_empty() {
+                tracing::info!(table = %t, "rewriting wharf's base chains");
+            }
+            for c in chains.iter().filter(|c| c.base.is_some()) {
+                b.flush_chain(&t, &c.name);
+            }
+            for r in &want {
+                b.add_rule(r);
             }
         }
         Ok(())
@@ -703,21 +712,38 @@ impl Firewall {
 
     /// Makes the firewall serve `net`: creates wharf's tables if this is the first network,
     /// then adds the network's elements, in one transaction.
+    ///
+    /// The static rules are checked against the kernel's listing the first time (and after a
+    /// failure); later networks cost one batch of elements.
     pub async fn add_network(&self, net: &FwNetwork) -> SysResult<()> {
         let _guard = self.lock.lock().await;
         let context = || format!("adding network {:?} to the firewall", net.name);
-        let mut b = Batch::new();
-        self.ensure_base(&mut b)
-            .await
-            .map_err(|e| e.within(context()))?;
-        for (s, elems) in net.elements() {
-            b.add_elements(&s, &elems);
+        let nft = self.nft().await?;
+        loop {
+            let checked = !self.verified.load(Ordering::Acquire);
+            let mut b = Batch::new();
+            if checked {
+                self.ensure_base(&mut b)
+                    .await
+                    .map_err(|e| e.within(context()))?;
+            }
+            for (s, elems) in net.elements() {
+                b.add_elements(&s, &elems);
+            }
+            match nft.apply(&b).await {
+                Ok(()) => {
+                    self.verified.store(true, Ordering::Release);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.verified.store(false, Ordering::Release);
+                    if checked {
+                        return Err(e.within(context()));
+                    }
+                    // Someone changed wharf's tables behind its back: check and retry once.
+                }
+            }
         }
-        self.nft()
-            .await?
-            .apply(&b)
-            .await
-            .map_err(|e| e.within(context()))
     }
 
     /// Removes `net` from the firewall; when it was the last network, deletes wharf's tables
@@ -729,6 +755,7 @@ impl Firewall {
         let tables = nft.list_tables().await.map_err(|e| e.within(context()))?;
         let (inet, l2) = (table(), bridge_table());
         if !tables.contains(&inet) {
+            self.verified.store(false, Ordering::Release);
             if tables.contains(&l2) {
                 let mut b = Batch::new();
                 b.delete_table(&l2);
@@ -745,6 +772,7 @@ impl Firewall {
             .all(|e| e.key == [Value::IfName(net.bridge.clone())]);
         let mut b = Batch::new();
         if last {
+            self.verified.store(false, Ordering::Release);
             b.delete_table(&inet);
             if tables.contains(&l2) {
                 b.delete_table(&l2);
