@@ -319,7 +319,7 @@ async fn published_ports_are_reached_from_outside_the_host_and_by_hairpin() {
             EndpointSpec {
                 ports: vec![
                     PortMapping::tcp(8080, 80),
-                    PortMapping::udp(5353, 53),
+                    PortMapping::udp(5353, 5300),
                     range,
                     bound,
                 ],
@@ -333,7 +333,7 @@ async fn published_ports_are_reached_from_outside_the_host_and_by_hairpin() {
         probe::serve_tcp(&web, sock("0.0.0.0", 80), "tcp80")
             .await
             .unwrap(),
-        probe::serve_udp(&web, sock("0.0.0.0", 53), "udp53")
+        probe::serve_udp(&web, sock("0.0.0.0", 5300), "udp53")
             .await
             .unwrap(),
         probe::serve_tcp(&web, sock("0.0.0.0", 443), "tls")

@@ -294,20 +294,7 @@ async fn sandbox_files_are_where_ip_netns_exec_finds_them() {
 #[tokio::test]
 async fn state_survives_a_restart() {
     let mut w = World::new().await;
-    w.wharf
-        .create_network(NetworkSpec::new("alpine-net"))
-        .await
-        .unwrap();
-    for name in ["a1", "a2"] {
-        w.wharf
-            .create_sandbox(SandboxSpec::new(name))
-            .await
-            .unwrap();
-        w.wharf
-            .connect(name, "alpine-net", EndpointSpec::default())
-            .await
-            .unwrap();
-    }
+    w.network_with("alpine-net", &["a1", "a2"]).await;
     let before = w.wharf.inspect_network("alpine-net").unwrap();
 
     drop(w.wharf);
@@ -364,4 +351,164 @@ async fn detach_works_when_the_namespace_is_gone() {
         .await
         .unwrap();
     assert_eq!(ep.ipv4.unwrap().to_string(), "172.17.0.2");
+}
+
+#[tokio::test]
+async fn a_failed_attach_leaves_nothing_behind() {
+    let w = World::new().await;
+    let wharf = &w.wharf;
+    wharf.create_network(NetworkSpec::new("net")).await.unwrap();
+    let sb = wharf.create_sandbox(SandboxSpec::new("c1")).await.unwrap();
+    let ns = wharf.sandbox_netns("c1").unwrap();
+    // Something else already made an eth0 inside the container: the veth's peer cannot take
+    // that name, so the kernel refuses the attach half-way.
+    let inside = wharf::sys::rtnl::Handle::in_netns(&ns).await.unwrap();
+    inside
+        .link()
+        .add(wharf::sys::rtnl::LinkSpec::bridge("eth0"))
+        .await
+        .unwrap();
+    let host_before = w.host_links().await;
+    let inside_before = w.links_in(&ns).await;
+    let net_before = wharf.inspect_network("net").unwrap();
+
+    let err = wharf
+        .connect("c1", "net", EndpointSpec::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Driver(_)), "{err}");
+
+    assert_eq!(
+        w.host_links().await,
+        host_before,
+        "no veth left on the host"
+    );
+    assert_eq!(
+        w.links_in(&ns).await,
+        inside_before,
+        "nothing new in the container"
+    );
+    assert_eq!(wharf.inspect_network("net").unwrap(), net_before);
+    assert!(wharf.sandbox(&sb.id).unwrap().endpoints.is_empty());
+    // The address was released: the next container gets .2.
+    wharf.create_sandbox(SandboxSpec::new("c2")).await.unwrap();
+    let ep = wharf
+        .connect("c2", "net", EndpointSpec::default())
+        .await
+        .unwrap();
+    assert_eq!(ep.ipv4.unwrap().to_string(), "172.18.0.2");
+    // A static address that is taken is refused before anything is created.
+    let taken = EndpointSpec {
+        ipv4: Some("172.18.0.2".parse().unwrap()),
+        ifname: Some("eth1".into()),
+        ..EndpointSpec::default()
+    };
+    let err = wharf.connect("c1", "net", taken).await.unwrap_err();
+    assert!(matches!(err, Error::Ipam(_)), "{err}");
+    assert_eq!(
+        w.host_links().await.len(),
+        host_before.len() + 1,
+        "only c2's veth"
+    );
+}
+
+#[tokio::test]
+async fn subnets_overlapping_host_routes_are_skipped() {
+    let lab = wharf::lab::Lab::new();
+    let host = lab.namespace("host").await.unwrap();
+    let upstream = lab.namespace("upstream").await.unwrap();
+    lab.wire(
+        (&host, "uplink", "192.0.2.1/24".parse().unwrap()),
+        (&upstream, "eth0", "192.0.2.2/24".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    // The host already routes 172.18.0.0/16 somewhere else.
+    let h = wharf::sys::rtnl::Handle::in_netns(&host).await.unwrap();
+    h.route()
+        .add(
+            wharf::sys::rtnl::Route::new("172.18.0.0/16".parse().unwrap())
+                .via("192.0.2.2".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    let mut config = wharf::controller::ControllerConfig::new(lab.temp_dir("state").unwrap())
+        .host(host)
+        .netns_prefix(lab.netns_prefix());
+    config.sandbox_files_dir = lab.temp_dir("files").unwrap();
+    let wharf = wharf::controller::Controller::open(config).await.unwrap();
+    assert_eq!(
+        wharf.inspect_network("bridge").unwrap().ipam.config[0].subnet,
+        "172.17.0.0/16"
+    );
+    let net = wharf
+        .create_network(NetworkSpec::new("next"))
+        .await
+        .unwrap();
+    assert_eq!(net.ipam.config[0].subnet, "172.19.0.0/16");
+    // A user-given subnet that overlaps another network is refused, naming it.
+    let clash = NetworkSpec::new("clash").ipam(
+        wharf::ipam::IpamConfig::new()
+            .parse_subnet("172.19.5.0/24")
+            .unwrap(),
+    );
+    let err = wharf.create_network(clash).await.unwrap_err();
+    assert!(err.to_string().contains("\"next\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_runtime_namespace_given_by_path_is_used_and_never_deleted() {
+    let w = World::new().await;
+    // The runtime's own namespace (loopback still down, as after unshare).
+    let name = w.lab.name("runtime-made");
+    let ns = wharf::sys::NetNs::create(&name).await.unwrap();
+    w.lab.adopt(&name);
+    let h = wharf::sys::rtnl::Handle::in_netns(&ns).await.unwrap();
+    let lo = h.link().get("lo").await.unwrap();
+    h.link().set_down(lo.index).await.unwrap();
+
+    let spec = SandboxSpec {
+        name: "given".into(),
+        namespace: wharf::controller::SandboxNamespace::Path(ns.path().to_owned()),
+        hostname: None,
+    };
+    let sb = w.wharf.create_sandbox(spec).await.unwrap();
+    assert_eq!(sb.netns_name, None);
+    assert!(h.link().get("lo").await.unwrap().up, "loopback brought up");
+    w.wharf
+        .connect("given", "bridge", EndpointSpec::default())
+        .await
+        .unwrap();
+    probe::ping(&ns, "172.17.0.1".parse().unwrap(), probe::DEFAULT_TIMEOUT)
+        .await
+        .unwrap();
+    w.wharf.delete_sandbox("given").await.unwrap();
+    assert!(
+        wharf::sys::NetNs::open(&name).is_ok(),
+        "the runtime's namespace is left alone"
+    );
+    assert_eq!(w.links_in(&ns).await, ["lo"]);
+}
+
+#[test]
+fn the_state_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let w = rt.block_on(World::new());
+    let dir = &w.config.state_dir;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir), 0o700);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(
+            mode(&path) & 0o077,
+            0,
+            "{} is readable by others",
+            path.display()
+        );
+    }
+    drop(w);
 }

@@ -116,3 +116,59 @@ fn ip_netns_exec_enters_what_the_lab_made() {
     let out = ns.command("cat").arg("/proc/net/dev").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("lo:"));
 }
+
+#[tokio::test]
+async fn hosts_on_an_underlay_reach_each_other() {
+    let lab = Lab::new();
+    let hosts = lab
+        .underlay(&["manager", "worker-1", "worker-2"])
+        .await
+        .unwrap();
+    assert_eq!(hosts[2].1.to_string(), "198.18.0.3");
+    for (from, _) in &hosts {
+        for (_, to) in &hosts {
+            probe::ping(from, (*to).into(), probe::DEFAULT_TIMEOUT)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_lab_internet_has_a_name_server() {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::RecordType;
+    let lab = Lab::new();
+    let inet = lab.namespace("internet").await.unwrap();
+    let zone = [("google.com", "203.0.113.100".parse().unwrap())];
+    let _dns = probe::serve_dns(&inet, "127.0.0.1:53".parse().unwrap(), &zone)
+        .await
+        .unwrap();
+    for transport in [probe::Transport::Udp, probe::Transport::Tcp] {
+        let a = probe::dns_query(
+            &inet,
+            "127.0.0.1:53".parse().unwrap(),
+            "Google.com.",
+            RecordType::A,
+            transport,
+            probe::DEFAULT_TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            a.addresses,
+            vec!["203.0.113.100".parse::<std::net::IpAddr>().unwrap()]
+        );
+        let nx = probe::dns_query(
+            &inet,
+            "127.0.0.1:53".parse().unwrap(),
+            "nowhere.example",
+            RecordType::A,
+            transport,
+            probe::DEFAULT_TIMEOUT,
+        )
+        .await
+        .unwrap();
+        assert_eq!(nx.rcode, ResponseCode::NXDomain);
+    }
+}

@@ -139,6 +139,9 @@ pub enum Error {
     /// A kernel operation failed.
     #[error(transparent)]
     Sys(#[from] SysError),
+    /// The embedded DNS server failed.
+    #[error(transparent)]
+    Dns(Box<crate::dns::DnsError>),
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

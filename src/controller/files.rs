@@ -35,8 +35,9 @@ pub fn render_hosts(hostname: &str, addresses: &[IpAddr]) -> String {
     out
 }
 
-/// Writes `contents` to `path` atomically (temporary file, fsync, rename), mode 0644 so that
-/// processes of any user in the container can read it.
+/// Writes `contents` to `path` atomically (temporary file, rename), mode 0644 so that processes
+/// of any user in the container can read it. Not fsynced: the files are derived from the state
+/// store and rewritten from it, so a crash cannot lose anything they hold.
 pub(crate) fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -49,7 +50,6 @@ pub(crate) fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
             .mode(0o644)
             .open(&tmp)?;
         f.write_all(contents.as_bytes())?;
-        f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
 }

@@ -38,8 +38,13 @@ use std::sync::{Arc, Mutex};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::dns::resolvconf::ResolvConf;
+use crate::dns::{
+    EndpointDns, Listener, NetworkDns, NetworkKey, Resolver, ResolverConfig, SandboxDns,
+    upstreams_on_port_53,
+};
 use crate::driver::bridge::BridgeDriver;
 use crate::driver::host::HostDriver;
+use crate::driver::macvlan::MacvlanDriver;
 use crate::driver::null::NullDriver;
 use crate::driver::{
     BridgeOptions, Driver, DriverKind, DriverOptions, EndpointInfo, NetworkInfo, SandboxContext,
@@ -134,6 +139,10 @@ struct Inner {
     drivers: HashMap<DriverKind, Arc<dyn Driver>>,
     records: Mutex<Records>,
     live: Mutex<HashMap<String, Live>>,
+    /// The embedded DNS server of every sandbox on a user-defined network.
+    resolver: Resolver,
+    /// Each such sandbox's listener at 127.0.0.11:53, by sandbox id.
+    listeners: Mutex<HashMap<String, Listener>>,
     /// Serialises network creation and deletion (name uniqueness, subnet choice).
     network_lock: tokio::sync::Mutex<()>,
     /// One lock per sandbox: its connects and disconnects are ordered (interface names, the
@@ -169,14 +178,34 @@ impl Controller {
         drivers: HashMap<DriverKind, Arc<dyn Driver>>,
     ) -> Result<Self> {
         make_private_dir(&config.state_dir)?;
-        let store: Arc<dyn Store> =
-            Arc::new(EmbeddedStore::open(config.state_dir.join("state.redb")).await?);
+        let db = config.state_dir.join("state.redb");
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&db).await?);
+        // The state names every container and address on the host: root's eyes only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| Error::Io {
+                    what: format!("restricting {}", db.display()),
+                    source,
+                },
+            )?;
+        }
         let ipam_options = match &config.ipam {
             Some(o) => o.clone(),
             None => IpamOptions::local(&host_id()),
         };
         let ipam = Ipam::open(store.clone(), ipam_options).await?;
         let records = Records::load(store.as_ref()).await?;
+        let host_rc = ResolvConf::parse(
+            &std::fs::read_to_string(host_resolv_conf(&config, &host)).unwrap_or_default(),
+        );
+        // Forwarding leaves from the host's namespace, so its loopback servers work as they are.
+        let resolver = Resolver::new(ResolverConfig::new(
+            host.clone(),
+            upstreams_on_port_53(&host_rc.nameservers),
+        ))
+        .await
+        .map_err(|e| Error::Dns(Box::new(e)))?;
         let controller = Self {
             inner: Arc::new(Inner {
                 config,
@@ -187,13 +216,17 @@ impl Controller {
                 drivers,
                 records: Mutex::new(records),
                 live: Mutex::new(HashMap::new()),
+                resolver,
+                listeners: Mutex::new(HashMap::new()),
                 network_lock: tokio::sync::Mutex::new(()),
                 sandbox_locks: Mutex::new(HashMap::new()),
                 ports_lock: tokio::sync::Mutex::new(()),
             }),
         };
+        controller.restore_drivers();
         controller.reopen_sandboxes().await;
         controller.ensure_predefined().await?;
+        controller.restore_dns().await;
         Ok(controller)
     }
 
@@ -258,6 +291,7 @@ impl Controller {
             subnets: Vec::new(),
         };
         driver.validate(&info)?;
+        driver.prepare_network(&mut info).await?;
 
         // Addresses: reserved first, released on any later failure.
         if kind.needs_addresses() {
@@ -309,6 +343,7 @@ impl Controller {
             self.release_subnets(&info).await;
             return Err(e);
         }
+        self.register_network_dns(&record);
         self.records_mut().networks.insert(id.clone(), record);
         tracing::info!(network = %info.name, id = %id, "network created");
         Ok(id)
@@ -340,6 +375,7 @@ impl Controller {
             .delete(&format!("{KEY_NETWORKS}{}", info.id))
             .await?;
         self.records_mut().networks.remove(&info.id);
+        self.inner.resolver.remove_network(&info.id);
         tracing::info!(network = %info.name, "network deleted");
         Ok(())
     }
@@ -413,6 +449,15 @@ impl Controller {
                 }
             }
         };
+        if let StoredNamespace::Path(_) = &namespace {
+            // A namespace the runtime made may still have its loopback down; the embedded DNS
+            // server and the container's own services need it.
+            let lo = async {
+                let lo = handle.link().get("lo").await?;
+                handle.link().set_up(lo.index).await
+            };
+            lo.await?;
+        }
         let record = SandboxRecord {
             id: id.clone(),
             name: spec.name.clone(),
@@ -484,6 +529,11 @@ impl Controller {
             return Ok(());
         };
         self.live_mut().remove(id);
+        self.inner.resolver.remove_sandbox(id);
+        let listener = self.listeners().remove(id);
+        if let Some(listener) = listener {
+            listener.stop().await;
+        }
         if let StoredNamespace::Owned(netns) = &record.namespace {
             match NetNs::delete(netns) {
                 Ok(()) => {}
@@ -733,7 +783,7 @@ impl Controller {
             driver.validate_endpoint(info, &ep)?;
             let joined = driver.join(info, &ep, &ctx).await?;
             if let Err(e) = driver.program_external_connectivity(info, &ep).await {
-                let _ = driver.leave(info, &ep).await;
+                let _ = driver.leave_sandbox(info, &ep, Some(&ctx)).await;
                 return Err(Error::from(e));
             }
             Ok(joined)
@@ -781,7 +831,7 @@ impl Controller {
         };
         if let Err(e) = persisted {
             let _ = driver.revoke_external_connectivity(info, &ep).await;
-            let _ = driver.leave(info, &ep).await;
+            let _ = driver.leave_sandbox(info, &ep, Some(&ctx)).await;
             self.release_addresses(info, &reserved).await;
             return Err(e);
         }
@@ -790,6 +840,8 @@ impl Controller {
             records.endpoints.insert(ep_id.clone(), record.clone());
             records.sandboxes.insert(new_sb.id.clone(), new_sb);
         }
+        self.register_endpoint_dns(&record, &sb.name);
+        self.sync_listener(&sb.id).await;
         if let Err(e) = self.write_files(&sb.id) {
             tracing::warn!(sandbox = %sb.name, error = %e, "updating sandbox files");
         }
@@ -854,7 +906,25 @@ impl Controller {
         driver
             .revoke_external_connectivity(&net.info, &ep.info)
             .await?;
-        driver.leave(&net.info, &ep.info).await?;
+        let ctx = {
+            let live = self.live();
+            let l = live.get(&sb.id);
+            match (
+                l.and_then(|l| l.ns.clone()),
+                l.and_then(|l| l.handle.clone()),
+            ) {
+                (Some(ns), Some(handle)) => Some(SandboxContext {
+                    name: sb.name.clone(),
+                    ns,
+                    handle,
+                    is_host: sb.namespace == StoredNamespace::Host,
+                }),
+                _ => None,
+            }
+        };
+        driver
+            .leave_sandbox(&net.info, &ep.info, ctx.as_ref())
+            .await?;
         let addrs: Vec<IpAddr> = ep
             .info
             .ipv4
@@ -884,6 +954,8 @@ impl Controller {
             records.endpoints.remove(ep_id);
             records.sandboxes.insert(new_sb.id.clone(), new_sb);
         }
+        self.inner.resolver.remove_endpoint(&net.info.id, &sb.id);
+        self.sync_listener(&sb.id).await;
         if let Err(e) = self.write_files(&sb.id) {
             tracing::warn!(sandbox = %sb.name, error = %e, "updating sandbox files");
         }
@@ -1121,6 +1193,23 @@ impl Controller {
         Ok(())
     }
 
+    /// After a restart: tells each driver about its stored networks and their endpoints.
+    fn restore_drivers(&self) {
+        let records = self.records();
+        for net in records.networks.values() {
+            let Some(driver) = self.inner.drivers.get(&net.info.options.kind()) else {
+                continue;
+            };
+            let endpoints: Vec<EndpointInfo> = records
+                .endpoints
+                .values()
+                .filter(|e| e.network_id == net.info.id)
+                .map(|e| e.info.clone())
+                .collect();
+            driver.restore_network(&net.info, &endpoints);
+        }
+    }
+
     /// After a restart: opens the namespaces of the stored sandboxes and handles inside them.
     async fn reopen_sandboxes(&self) {
         let sandboxes: Vec<SandboxRecord> = self.records().sandboxes.values().cloned().collect();
@@ -1142,26 +1231,120 @@ impl Controller {
         }
     }
 
-    fn host_resolv_conf(&self) -> PathBuf {
-        if let Some(p) = &self.inner.config.host_resolv_conf {
-            return p.clone();
+    fn listeners(&self) -> std::sync::MutexGuard<'_, HashMap<String, Listener>> {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the resolver about a network, if its sandboxes use the embedded DNS at all: the
+    /// default `bridge` network forwards but has no names; `host` and `none` are not its
+    /// business.
+    fn register_network_dns(&self, net: &NetworkRecord) {
+        let info = &net.info;
+        if !info.options.kind().needs_addresses() {
+            return;
         }
-        if let Some(name) = self.inner.host.name() {
-            let p = self
+        let dns = NetworkDns {
+            internal: info.internal,
+            upstreams: None,
+            resolves_names: !is_default_bridge(info),
+        };
+        let key = NetworkKey {
+            id: info.id.clone(),
+            name: info.name.clone(),
+        };
+        if let Err(e) = self.inner.resolver.upsert_network(key, dns) {
+            tracing::warn!(network = %info.name, error = %e, "registering a network with DNS");
+        }
+    }
+
+    /// Tells the resolver about an endpoint (its sandbox's name, aliases and addresses).
+    fn register_endpoint_dns(&self, ep: &EndpointRecord, sandbox_name: &str) {
+        let registered = self
+            .records()
+            .networks
+            .get(&ep.network_id)
+            .is_some_and(|n| n.info.options.kind().needs_addresses());
+        if !registered {
+            return;
+        }
+        let dns = EndpointDns {
+            network_id: ep.network_id.clone(),
+            sandbox_id: ep.sandbox_id.clone(),
+            name: sandbox_name.to_owned(),
+            aliases: ep.aliases.clone(),
+            ipv4: ep.info.ipv4.map(|n| n.ip()),
+            ipv6: ep.info.ipv6.map(|n| n.ip()),
+        };
+        if let Err(e) = self.inner.resolver.upsert_endpoint(dns) {
+            tracing::warn!(sandbox = %sandbox_name, error = %e, "registering an endpoint with DNS");
+        }
+    }
+
+    /// Starts the sandbox's DNS listener if it is on a user-defined network, stops it if not.
+    async fn sync_listener(&self, sandbox_id: &str) {
+        let wants = self.records().uses_embedded_dns(sandbox_id);
+        let has = self.listeners().contains_key(sandbox_id);
+        if wants && !has {
+            let ns = self.live().get(sandbox_id).and_then(|l| l.ns.clone());
+            let Some(ns) = ns else { return };
+            match self
                 .inner
-                .config
-                .sandbox_files_dir
-                .join(name)
-                .join("resolv.conf");
-            if p.exists() {
-                return p;
+                .resolver
+                .listen(sandbox_id, &ns, SandboxDns::default())
+                .await
+            {
+                Ok(listener) => {
+                    self.listeners().insert(sandbox_id.to_owned(), listener);
+                }
+                Err(e) => tracing::warn!(sandbox = %sandbox_id, error = %e, "starting DNS"),
+            }
+        } else if !wants && has {
+            let listener = self.listeners().remove(sandbox_id);
+            if let Some(listener) = listener {
+                listener.stop().await;
             }
         }
-        PathBuf::from("/etc/resolv.conf")
+    }
+
+    /// After a restart: the resolver learns every network and endpoint again, and listeners
+    /// start in the sandboxes that had them.
+    async fn restore_dns(&self) {
+        let (networks, endpoints, sandboxes) = {
+            let records = self.records();
+            let networks: Vec<NetworkRecord> = records.networks.values().cloned().collect();
+            let endpoints: Vec<(EndpointRecord, String)> = records
+                .endpoints
+                .values()
+                .map(|e| {
+                    let name = records
+                        .sandboxes
+                        .get(&e.sandbox_id)
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default();
+                    (e.clone(), name)
+                })
+                .collect();
+            let sandboxes: Vec<String> = records.sandboxes.keys().cloned().collect();
+            (networks, endpoints, sandboxes)
+        };
+        for net in &networks {
+            self.register_network_dns(net);
+        }
+        for (ep, name) in &endpoints {
+            self.register_endpoint_dns(ep, name);
+        }
+        for id in sandboxes {
+            self.sync_listener(&id).await;
+        }
     }
 
     fn render_files(&self, sb: &SandboxRecord, records: &Records) -> SandboxFiles {
-        let host_rc = std::fs::read_to_string(self.host_resolv_conf()).unwrap_or_default();
+        let host_rc =
+            std::fs::read_to_string(host_resolv_conf(&self.inner.config, &self.inner.host))
+                .unwrap_or_default();
         if sb.namespace == StoredNamespace::Host {
             let hosts_path = self
                 .inner
@@ -1185,8 +1368,20 @@ impl Controller {
                     .chain(e.info.ipv6.map(|n| IpAddr::V6(n.ip())))
             })
             .collect();
+        let host_rc = ResolvConf::parse(&host_rc);
+        let resolv_conf = if records.uses_embedded_dns(&sb.id) {
+            // Docker's: the embedded server, the host's search domains, and ndots:0 so that
+            // single-label names (other containers) are asked as they are.
+            ResolvConf {
+                nameservers: vec![crate::dns::LISTEN_ADDR.ip()],
+                search: host_rc.search.clone(),
+                options: vec!["ndots:0".into()],
+            }
+        } else {
+            host_rc.without_loopback()
+        };
         SandboxFiles {
-            resolv_conf: ResolvConf::parse(&host_rc).without_loopback().render(),
+            resolv_conf: resolv_conf.render(),
             hosts: files::render_hosts(&sb.hostname, &addresses),
         }
     }
@@ -1215,6 +1410,32 @@ impl Controller {
     }
 }
 
+/// The host's `resolv.conf`: the configured one, else `/etc/netns/<host>/resolv.conf` for a
+/// named host namespace that has one (what `ip netns exec` would show), else `/etc/resolv.conf`.
+fn host_resolv_conf(config: &ControllerConfig, host: &NetNs) -> PathBuf {
+    if let Some(p) = &config.host_resolv_conf {
+        return p.clone();
+    }
+    if let Some(name) = host.name() {
+        let p = config.sandbox_files_dir.join(name).join("resolv.conf");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("/etc/resolv.conf")
+}
+
+/// Whether a network is the predefined default `bridge` (no name resolution on it).
+fn is_default_bridge(info: &NetworkInfo) -> bool {
+    matches!(
+        &info.options,
+        DriverOptions::Bridge(BridgeOptions {
+            default_bridge: true,
+            ..
+        })
+    )
+}
+
 fn default_drivers(host: &Handle) -> HashMap<DriverKind, Arc<dyn Driver>> {
     let mut drivers: HashMap<DriverKind, Arc<dyn Driver>> = HashMap::new();
     drivers.insert(
@@ -1223,6 +1444,10 @@ fn default_drivers(host: &Handle) -> HashMap<DriverKind, Arc<dyn Driver>> {
     );
     drivers.insert(DriverKind::Host, Arc::new(HostDriver));
     drivers.insert(DriverKind::Null, Arc::new(NullDriver));
+    drivers.insert(
+        DriverKind::Macvlan,
+        Arc::new(MacvlanDriver::new(host.clone())),
+    );
     drivers
 }
 
@@ -1282,3 +1507,6 @@ fn make_private_dir(dir: &Path) -> Result<()> {
 fn host_id() -> Vec<u8> {
     std::fs::read("/etc/machine-id").unwrap_or_else(|_| b"wharf".to_vec())
 }
+
+#[cfg(test)]
+mod tests;

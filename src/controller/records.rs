@@ -135,6 +135,21 @@ impl Records {
         names
     }
 
+    /// Whether a sandbox is on a network with name resolution (any user-defined network): then
+    /// it gets the embedded DNS server, as in Docker.
+    pub fn uses_embedded_dns(&self, sandbox_id: &str) -> bool {
+        self.endpoints.values().any(|e| {
+            e.sandbox_id == sandbox_id
+                && self.networks.get(&e.network_id).is_some_and(|n| {
+                    n.info.options.kind().needs_addresses()
+                        && !matches!(
+                            &n.info.options,
+                            crate::driver::DriverOptions::Bridge(b) if b.default_bridge
+                        )
+                })
+        })
+    }
+
     pub fn details(&self, ep: &EndpointRecord) -> EndpointDetails {
         let net = self.networks.get(&ep.network_id);
         EndpointDetails {

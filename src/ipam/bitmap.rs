@@ -235,8 +235,10 @@ impl AddressSet {
             self.full_runs.remove(&prev_end);
             start = prev_end;
         }
-        if let Some(next) = c.checked_add(1)
-            && let Some(next_end) = self.full_runs.remove(&next)
+        // (No let-chain: the crate's rust-version is 1.85.)
+        if let Some(next_end) = c
+            .checked_add(1)
+            .and_then(|next| self.full_runs.remove(&next))
         {
             end = next_end;
         }

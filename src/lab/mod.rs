@@ -136,6 +136,49 @@ impl Lab {
         Ok(())
     }
 
+    /// Several hosts on one segment: a namespace `underlay` holding a bridge (the switch) and,
+    /// for each role, a host namespace whose `eth0` is plugged into it with address
+    /// `198.18.0.<i+1>/24` (RFC 2544's benchmarking range, never routed). Returns the hosts with
+    /// their underlay addresses, in order.
+    pub async fn underlay(&self, roles: &[&str]) -> SysResult<Vec<(NetNs, std::net::Ipv4Addr)>> {
+        let wire = self.namespace("underlay").await?;
+        let sw = Handle::in_netns(&wire).await?;
+        sw.link().add(LinkSpec::bridge("switch").up()).await?;
+        let switch = sw.link().get("switch").await?.index;
+        let mut hosts = Vec::with_capacity(roles.len());
+        for (i, role) in roles.iter().enumerate() {
+            let host = self.namespace(role).await?;
+            let port = format!("port{i}");
+            sw.link()
+                .add(
+                    LinkSpec::veth(&port)
+                        .peer(VethPeer::new("eth0").netns(&host))
+                        .master(switch)
+                        .up(),
+                )
+                .await?;
+            let octet = u8::try_from(i + 1).map_err(|_| crate::sys::SysError::InvalidArgument {
+                what: format!("plugging host {role:?} into the underlay: more than 254 hosts"),
+            })?;
+            let addr = std::net::Ipv4Addr::new(198, 18, 0, octet);
+            let h = Handle::in_netns(&host).await?;
+            let eth0 = h.link().get("eth0").await?.index;
+            h.address()
+                .add(
+                    eth0,
+                    IpNetwork::V4(ipnetwork::Ipv4Network::new(addr, 24).map_err(|_| {
+                        crate::sys::SysError::InvalidArgument {
+                            what: format!("underlay address {addr}/24"),
+                        }
+                    })?),
+                )
+                .await?;
+            h.link().set_up(eth0).await?;
+            hosts.push((host, addr));
+        }
+        Ok(hosts)
+    }
+
     /// A fresh private directory (0700) removed with the lab, e.g. a controller's state directory.
     pub fn temp_dir(&self, role: &str) -> std::io::Result<PathBuf> {
         use std::os::unix::fs::DirBuilderExt;

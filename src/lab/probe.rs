@@ -470,6 +470,147 @@ pub async fn dns_query(
     })
 }
 
+/// Resolves `name` to an address the way a container's C library would: asks the name servers
+/// of `resolv_conf` (the text of the container's `resolv.conf`) in order, from inside `ns`, for
+/// an `A` record, and returns the first address. `None` when no server knows the name.
+pub async fn lookup(
+    ns: &NetNs,
+    resolv_conf: &str,
+    name: &str,
+    timeout: Duration,
+) -> Option<IpAddr> {
+    let rc = crate::dns::resolvconf::ResolvConf::parse(resolv_conf);
+    for server in rc.nameservers {
+        let answer = dns_query(
+            ns,
+            SocketAddr::new(server, 53),
+            name,
+            RecordType::A,
+            Transport::Udp,
+            timeout,
+        )
+        .await;
+        match answer {
+            Ok(a) if a.rcode == ResponseCode::NoError && !a.addresses.is_empty() => {
+                return a.addresses.first().copied();
+            }
+            // An authoritative "no such name" ends the search, as in glibc.
+            Ok(a) if a.rcode == ResponseCode::NXDomain => return None,
+            _ => continue,
+        }
+    }
+    None
+}
+
+/// A name server of the lab's "internet": answers `A`/`AAAA` for the names in `zone`
+/// (case-insensitive, with or without the trailing dot) and NXDOMAIN for every other name, over
+/// UDP and TCP on `bind` inside `ns`. Stops when the returned servers are dropped.
+pub async fn serve_dns(
+    ns: &NetNs,
+    bind: SocketAddr,
+    zone: &[(&str, IpAddr)],
+) -> Result<(Server, Server), ProbeError> {
+    let zone: std::sync::Arc<Vec<(String, IpAddr)>> = std::sync::Arc::new(
+        zone.iter()
+            .map(|(n, ip)| (n.trim_end_matches('.').to_ascii_lowercase(), *ip))
+            .collect(),
+    );
+    let what = format!("DNS server on {bind}");
+    let (udp, tcp) = ns
+        .run(move || -> std::io::Result<(UdpSocket, TcpListener)> {
+            let u = UdpSocket::bind(bind)?;
+            u.set_nonblocking(true)?;
+            let t = TcpListener::bind(bind)?;
+            t.set_nonblocking(true)?;
+            Ok((u, t))
+        })
+        .await?
+        .map_err(|e| ProbeError::io(&what, e))?;
+    let udp = tokio::net::UdpSocket::from_std(udp).map_err(|e| ProbeError::io(&what, e))?;
+    let tcp = tokio::net::TcpListener::from_std(tcp).map_err(|e| ProbeError::io(&what, e))?;
+    let addr = udp.local_addr().map_err(|e| ProbeError::io(&what, e))?;
+    let z = zone.clone();
+    let udp_task = tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, peer)) = udp.recv_from(&mut buf).await {
+            if let Some(reply) = zone_answer(&z, &buf[..n]) {
+                let _ = udp.send_to(&reply, peer).await;
+            }
+        }
+    });
+    let tcp_task = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut stream, _)) = tcp.accept().await {
+            let z = zone.clone();
+            tokio::spawn(async move {
+                let mut len = [0u8; 2];
+                while stream.read_exact(&mut len).await.is_ok() {
+                    let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if stream.read_exact(&mut query).await.is_err() {
+                        break;
+                    }
+                    let Some(reply) = zone_answer(&z, &query) else {
+                        break;
+                    };
+                    let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                    framed.extend_from_slice(&reply);
+                    if stream.write_all(&framed).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Ok((
+        Server {
+            addr,
+            task: udp_task,
+        },
+        Server {
+            addr,
+            task: tcp_task,
+        },
+    ))
+}
+
+/// The authoritative answer of a lab name server to one query.
+fn zone_answer(zone: &[(String, IpAddr)], query: &[u8]) -> Option<Vec<u8>> {
+    use hickory_proto::rr::{Record, rdata};
+    let q = Message::from_vec(query).ok()?;
+    let question = q.queries().first()?.clone();
+    let name = question
+        .name()
+        .to_ascii()
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    let mut reply = Message::new();
+    reply
+        .set_id(q.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(OpCode::Query)
+        .set_authoritative(true)
+        .set_recursion_desired(q.recursion_desired())
+        .set_recursion_available(true)
+        .add_query(question.clone());
+    let matches: Vec<IpAddr> = zone
+        .iter()
+        .filter(|(n, _)| *n == name)
+        .map(|(_, ip)| *ip)
+        .collect();
+    if matches.is_empty() {
+        reply.set_response_code(ResponseCode::NXDomain);
+    }
+    for ip in matches {
+        let data = match (ip, question.query_type()) {
+            (IpAddr::V4(v4), RecordType::A) => RData::A(rdata::A(v4)),
+            (IpAddr::V6(v6), RecordType::AAAA) => RData::AAAA(rdata::AAAA(v6)),
+            _ => continue,
+        };
+        reply.add_answer(Record::from_rdata(question.name().clone(), 60, data));
+    }
+    reply.to_vec().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

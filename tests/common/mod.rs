@@ -17,6 +17,12 @@ pub async fn reopen(config: &ControllerConfig) -> Controller {
         .expect("controller reopens")
 }
 
+/// The lab's internet namespace and its name server (stopped on drop).
+pub struct Internet {
+    pub ns: NetNs,
+    _servers: (wharf::lab::probe::Server, wharf::lab::probe::Server),
+}
+
 /// A lab host with a controller on it. Everything is deleted on drop.
 pub struct World {
     pub wharf: Controller,
@@ -34,7 +40,7 @@ impl World {
         let state = lab.temp_dir("state").expect("state dir");
         let files_dir = lab.temp_dir("etc-netns").expect("files dir");
         let resolv = files_dir.join("host-resolv.conf");
-        std::fs::write(&resolv, "nameserver 127.0.0.53\nnameserver 198.51.100.53\n").unwrap();
+        std::fs::write(&resolv, "nameserver 198.51.100.53\nnameserver 127.0.0.53\n").unwrap();
         let mut config = ControllerConfig::new(state)
             .host(host.clone())
             .netns_prefix(lab.netns_prefix());
@@ -52,6 +58,29 @@ impl World {
         }
     }
 
+    /// `docker network create NET` and `docker run --network NET` for each name.
+    pub async fn network_with(&self, net: &str, containers: &[&str]) {
+        self.wharf
+            .create_network(wharf::controller::NetworkSpec::new(net))
+            .await
+            .expect("network");
+        for name in containers {
+            self.run(name, net).await;
+        }
+    }
+
+    /// `docker run --name NAME --network NET`: a sandbox connected to one network.
+    pub async fn run(&self, name: &str, net: &str) {
+        self.wharf
+            .create_sandbox(wharf::controller::SandboxSpec::new(name))
+            .await
+            .expect("sandbox");
+        self.wharf
+            .connect(name, net, wharf::controller::EndpointSpec::default())
+            .await
+            .expect("connect");
+    }
+
     /// A namespace "client" wired to the host: host 192.0.2.1/24, client 192.0.2.2/24.
     pub async fn client(&self) -> NetNs {
         let client = self.lab.namespace("client").await.unwrap();
@@ -63,6 +92,28 @@ impl World {
             .await
             .unwrap();
         client
+    }
+
+    /// The lab's internet: a namespace wired to the host (host 198.51.100.1/24, internet
+    /// 198.51.100.53/24) running the name server the host's `resolv.conf` names, which knows
+    /// `google.com` (198.51.100.53 itself).
+    pub async fn internet(&self) -> Internet {
+        let ns = self.lab.namespace("internet").await.unwrap();
+        self.lab
+            .wire(
+                (&self.host, "wan", "198.51.100.1/24".parse().unwrap()),
+                (&ns, "eth0", "198.51.100.53/24".parse().unwrap()),
+            )
+            .await
+            .unwrap();
+        let zone = [("google.com", "198.51.100.53".parse().unwrap())];
+        let servers = wharf::lab::probe::serve_dns(&ns, "198.51.100.53:53".parse().unwrap(), &zone)
+            .await
+            .unwrap();
+        Internet {
+            ns,
+            _servers: servers,
+        }
     }
 
     pub async fn links_in(&self, ns: &NetNs) -> Vec<String> {

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 
 use super::{
     BridgeOptions, Driver, DriverError, DriverKind, DriverOptions, EndpointInfo, Joined,
-    NetworkInfo, SandboxContext, mac_for_ipv4,
+    NetworkInfo, SandboxContext,
 };
 use crate::sys::rtnl::{Handle, LinkSpec, MacAddr, VethPeer, validate_ifname};
 use crate::sys::{SysError, sysctl};
@@ -94,24 +94,21 @@ pub fn bridge_name(net: &NetworkInfo) -> String {
     }
 }
 
-/// The bridge's MAC address: `02:42` and its IPv4 gateway (Docker's scheme for containers; a
-/// gateway address is never a container's), else `02` and the first 5 bytes of the network id.
-///
-/// Set explicitly because a bridge without one takes the lowest MAC of its ports and changes it
-/// as veths come and go, leaving every container with a stale ARP entry for its gateway.
+/// A stable, locally administered MAC address for a network's bridge, derived from its id.
 pub fn bridge_mac(net: &NetworkInfo) -> MacAddr {
-    if let Some(std::net::IpAddr::V4(gw)) = net.ipv4().and_then(|s| s.gateway) {
-        return mac_for_ipv4(gw);
-    }
-    let mut b = [0x02, 0, 0, 0, 0, 0];
-    for (i, byte) in b.iter_mut().skip(1).enumerate() {
-        *byte = net
-            .id
-            .get(2 * i..2 * i + 2)
-            .and_then(|h| u8::from_str_radix(h, 16).ok())
+    let mut mac = [0x02, 0x42, 0, 0, 0, 0];
+    let hex = net.id.as_bytes();
+    for (i, byte) in mac.iter_mut().skip(2).enumerate() {
+        let pair = hex
+            .get(i * 2..i * 2 + 2)
+            .and_then(|p| std::str::from_utf8(p).ok());
+        *byte = pair
+            .and_then(|p| u8::from_str_radix(p, 16).ok())
             .unwrap_or(0);
     }
-    MacAddr(b)
+    // 02:42:ac:.. is what containers get; keep the bridge clear of that range.
+    mac[1] = 0x43;
+    MacAddr(mac)
 }
 
 /// The host end of an endpoint's veth pair: `veth` and the first 7 hex digits of its id.
@@ -152,11 +149,13 @@ impl Driver for BridgeDriver {
         let opts = options(net)?;
         let name = bridge_name(net);
         let links = self.host.link();
+        // A bridge whose MAC address was set keeps it, instead of taking the lowest MAC of its
+        // ports: the kernel then skips recomputing it over every port on each attach.
         links
             .add(
                 LinkSpec::bridge(&name)
-                    .mac(bridge_mac(net))
                     .mtu(opts.mtu())
+                    .mac(bridge_mac(net))
                     .up(),
             )
             .await
