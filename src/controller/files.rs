@@ -39,6 +39,11 @@ pub fn render_hosts(hostname: &str, addresses: &[IpAddr]) -> String {
 /// of any user in the container can read it. Not fsynced: the files are derived from the state
 /// store and rewritten from it, so a crash cannot lose anything they hold.
 pub(crate) fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
+    // Most changes touch one of the two files (a connect changes `hosts`, rarely `resolv.conf`):
+    // leave an identical file alone, which also spares readers a replaced inode.
+    if std::fs::read(path).is_ok_and(|old| old == contents.as_bytes()) {
+        return Ok(());
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("wharf-tmp");
