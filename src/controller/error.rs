@@ -107,6 +107,16 @@ pub enum Error {
         /// The sandboxes still connected.
         sandboxes: Vec<String>,
     },
+    /// A standalone sandbox asked to join a cluster network that was not created attachable.
+    #[error(
+        "network {network:?} is not attachable: sandbox {sandbox:?} cannot join it (create it with attachable)"
+    )]
+    NotAttachable {
+        /// The network.
+        network: String,
+        /// The sandbox.
+        sandbox: String,
+    },
     /// One of the networks wharf creates itself (`bridge`, `host`, `none`).
     #[error("network {network:?} is predefined and cannot be removed")]
     Predefined {
