@@ -5,11 +5,16 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use futures::StreamExt;
 
 use common::cluster::{Cluster, Host, eventually};
 use wharf::controller::{ClusterEndpoint, EndpointSpec, Error, NetworkSpec, SandboxSpec};
 use wharf::driver::{DriverOptions, OverlayOptions, PeerEntry};
+use wharf::store::{KeyValue, MemoryStore, Op, Revision, Store, StoreError, WatchStream};
 
 const CONVERGED: Duration = Duration::from_secs(3);
 
@@ -296,4 +301,163 @@ async fn overlays_need_cluster_mode() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("cluster mode"), "{err}");
+}
+
+/// A cluster store whose watches can be cut (events silently lost, as on a congested link)
+/// and healed (the watch then reports `WatchLagged` and ends, as a real store does when it
+/// notices).
+#[derive(Debug)]
+struct Flaky {
+    inner: Arc<dyn Store>,
+    cut: Arc<AtomicBool>,
+    heal: tokio::sync::watch::Sender<u64>,
+}
+
+impl Flaky {
+    fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            cut: Arc::default(),
+            heal: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+        self.heal.send_modify(|g| *g += 1);
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Flaky {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.get(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        self.inner.list(prefix).await
+    }
+
+    async fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        self.inner.apply(ops).await
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
+        let events = self.inner.watch(prefix).await?;
+        let mut healed = self.heal.subscribe();
+        healed.borrow_and_update();
+        let state = (events, self.cut.clone(), healed, false, 0u64);
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |(mut events, cut, mut healed, done, mut missed)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    tokio::select! {
+                        _ = healed.changed() => {
+                            let lagged = Err(StoreError::WatchLagged { missed });
+                            return Some((lagged, (events, cut, healed, true, missed)));
+                        }
+                        event = events.next() => {
+                            let event = event?;
+                            if cut.load(Ordering::SeqCst) {
+                                missed += 1;
+                                continue;
+                            }
+                            return Some((event, (events, cut, healed, false, missed)));
+                        }
+                    }
+                }
+            },
+        )))
+    }
+}
+
+#[tokio::test]
+async fn a_lost_watch_is_resynchronised_exactly() {
+    let shared: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let flaky = Arc::new(Flaky::new(shared.clone()));
+    let f = flaky.clone();
+    let s = shared.clone();
+    let c = Cluster::with_stores(&["manager", "worker-1", "worker-2"], shared, move |i| {
+        if i == 2 { f.clone() } else { s.clone() }
+    })
+    .await;
+    let (m, w1, w2) = (c.host("manager"), c.host("worker-1"), c.host("worker-2"));
+    let net = m.wharf().create_network(overlay("test-net")).await.unwrap();
+    m.run("m-a", "test-net").await;
+    w1.run("w1-a", "test-net").await;
+    w2.run("w2-a", "test-net").await;
+    converge(&c, &net.id).await.unwrap();
+
+    // worker-2 loses its watch while endpoints come and go elsewhere.
+    flaky.cut();
+    w1.run("w1-b", "test-net").await;
+    w1.wharf().delete_sandbox("w1-a").await.unwrap();
+    m.run("m-b", "test-net").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stale = w2.entries(&net.id).await.unwrap();
+    assert_ne!(
+        stale,
+        expected_entries(&c, w2, &net.id).await,
+        "the cut lost events"
+    );
+    assert_eq!(w2.lookup("w2-a", "w1-b").await, None);
+
+    // The watch reports its loss: worker-2 lists again and matches the store exactly.
+    flaky.heal();
+    converge(&c, &net.id).await.unwrap();
+    assert_eq!(w2.entries(&net.id).await.unwrap().len(), 6);
+    assert!(w2.ping_by_name("w2-a", "w1-b").await);
+    assert!(w2.ping_by_name("w2-a", "m-b").await);
+    assert_eq!(
+        w2.lookup("w2-a", "w1-a").await,
+        None,
+        "a stale name is gone"
+    );
+    // And it keeps following changes afterwards.
+    w1.wharf().delete_sandbox("w1-b").await.unwrap();
+    converge(&c, &net.id).await.unwrap();
+    assert_eq!(w2.entries(&net.id).await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn a_restarted_controller_catches_up() {
+    let mut c = Cluster::new(&["manager", "worker-1"]).await;
+    let net = c
+        .host("manager")
+        .wharf()
+        .create_network(overlay("test-net"))
+        .await
+        .unwrap();
+    c.host("manager").run("m-a", "test-net").await;
+    c.host("worker-1").run("w1-a", "test-net").await;
+    converge(&c, &net.id).await.unwrap();
+
+    c.stop("worker-1").await;
+    let m = c.host("manager");
+    m.run("m-b", "test-net").await;
+    m.wharf().delete_sandbox("m-a").await.unwrap();
+    c.start("worker-1").await;
+
+    let (m, w1) = (c.host("manager"), c.host("worker-1"));
+    // Right after open, before any event: the kernel matches the store.
+    assert_eq!(
+        w1.entries(&net.id).await.unwrap(),
+        expected_entries(&c, w1, &net.id).await
+    );
+    assert_eq!(w1.entries(&net.id).await.unwrap().len(), 2);
+    assert!(w1.ping_by_name("w1-a", "m-b").await);
+    assert!(m.ping_by_name("m-b", "w1-a").await);
+    assert_eq!(w1.lookup("w1-a", "m-a").await, None);
+    // It still owns its endpoint.
+    w1.wharf().delete_sandbox("w1-a").await.unwrap();
+    assert!(!w1.has_overlay_netns(&net.id));
+    converge(&c, &net.id).await.unwrap();
+    assert!(m.entries(&net.id).await.unwrap().is_empty());
 }
