@@ -294,20 +294,7 @@ async fn sandbox_files_are_where_ip_netns_exec_finds_them() {
 #[tokio::test]
 async fn state_survives_a_restart() {
     let mut w = World::new().await;
-    w.wharf
-        .create_network(NetworkSpec::new("alpine-net"))
-        .await
-        .unwrap();
-    for name in ["a1", "a2"] {
-        w.wharf
-            .create_sandbox(SandboxSpec::new(name))
-            .await
-            .unwrap();
-        w.wharf
-            .connect(name, "alpine-net", EndpointSpec::default())
-            .await
-            .unwrap();
-    }
+    w.network_with("alpine-net", &["a1", "a2"]).await;
     let before = w.wharf.inspect_network("alpine-net").unwrap();
 
     drop(w.wharf);
@@ -467,4 +454,61 @@ async fn subnets_overlapping_host_routes_are_skipped() {
     );
     let err = wharf.create_network(clash).await.unwrap_err();
     assert!(err.to_string().contains("\"next\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_runtime_namespace_given_by_path_is_used_and_never_deleted() {
+    let w = World::new().await;
+    // The runtime's own namespace (loopback still down, as after unshare).
+    let name = w.lab.name("runtime-made");
+    let ns = wharf::sys::NetNs::create(&name).await.unwrap();
+    w.lab.adopt(&name);
+    let h = wharf::sys::rtnl::Handle::in_netns(&ns).await.unwrap();
+    let lo = h.link().get("lo").await.unwrap();
+    h.link().set_down(lo.index).await.unwrap();
+
+    let spec = SandboxSpec {
+        name: "given".into(),
+        namespace: wharf::controller::SandboxNamespace::Path(ns.path().to_owned()),
+        hostname: None,
+    };
+    let sb = w.wharf.create_sandbox(spec).await.unwrap();
+    assert_eq!(sb.netns_name, None);
+    assert!(h.link().get("lo").await.unwrap().up, "loopback brought up");
+    w.wharf
+        .connect("given", "bridge", EndpointSpec::default())
+        .await
+        .unwrap();
+    probe::ping(&ns, "172.17.0.1".parse().unwrap(), probe::DEFAULT_TIMEOUT)
+        .await
+        .unwrap();
+    w.wharf.delete_sandbox("given").await.unwrap();
+    assert!(
+        wharf::sys::NetNs::open(&name).is_ok(),
+        "the runtime's namespace is left alone"
+    );
+    assert_eq!(w.links_in(&ns).await, ["lo"]);
+}
+
+#[test]
+fn the_state_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let w = rt.block_on(World::new());
+    let dir = &w.config.state_dir;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(dir), 0o700);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(
+            mode(&path) & 0o077,
+            0,
+            "{} is readable by others",
+            path.display()
+        );
+    }
+    drop(w);
 }

@@ -217,20 +217,7 @@ async fn aliases_and_changes_take_effect_at_once() {
 #[tokio::test]
 async fn names_survive_a_restart() {
     let mut w = World::new().await;
-    w.wharf
-        .create_network(NetworkSpec::new("app"))
-        .await
-        .unwrap();
-    for name in ["a", "b"] {
-        w.wharf
-            .create_sandbox(SandboxSpec::new(name))
-            .await
-            .unwrap();
-        w.wharf
-            .connect(name, "app", EndpointSpec::default())
-            .await
-            .unwrap();
-    }
+    w.network_with("app", &["a", "b"]).await;
     drop(w.wharf);
     w.wharf = common::reopen(&w.config).await;
     assert!(ping_by_name(&w, "a", "b").await);
@@ -244,20 +231,7 @@ async fn ip_netns_exec_resolves_container_names() {
     drop(w.wharf);
     w.config.sandbox_files_dir = "/etc/netns".into();
     w.wharf = common::reopen(&w.config).await;
-    w.wharf
-        .create_network(NetworkSpec::new("app"))
-        .await
-        .unwrap();
-    for name in ["a", "b"] {
-        w.wharf
-            .create_sandbox(SandboxSpec::new(name))
-            .await
-            .unwrap();
-        w.wharf
-            .connect(name, "app", EndpointSpec::default())
-            .await
-            .unwrap();
-    }
+    w.network_with("app", &["a", "b"]).await;
     let sb = w.wharf.sandbox("a").unwrap();
     let netns = sb.netns_name.clone().unwrap();
     let b_ip = w

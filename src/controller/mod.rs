@@ -45,6 +45,7 @@ use crate::dns::{
 };
 use crate::driver::bridge::BridgeDriver;
 use crate::driver::host::HostDriver;
+use crate::driver::macvlan::MacvlanDriver;
 use crate::driver::null::NullDriver;
 use crate::driver::overlay::OverlayDriver;
 use crate::driver::{
@@ -199,8 +200,18 @@ impl Controller {
         drivers: HashMap<DriverKind, Arc<dyn Driver>>,
     ) -> Result<Self> {
         make_private_dir(&config.state_dir)?;
-        let store: Arc<dyn Store> =
-            Arc::new(EmbeddedStore::open(config.state_dir.join("state.redb")).await?);
+        let db = config.state_dir.join("state.redb");
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&db).await?);
+        // The state names every container and address on the host: root's eyes only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).map_err(
+                |source| Error::Io {
+                    what: format!("restricting {}", db.display()),
+                    source,
+                },
+            )?;
+        }
         let ipam_options = match &config.ipam {
             Some(o) => o.clone(),
             None => IpamOptions::local(&host_id()),
@@ -238,6 +249,7 @@ impl Controller {
                 cluster,
             }),
         };
+        controller.restore_drivers();
         controller.reopen_sandboxes().await;
         controller.ensure_predefined().await?;
         controller.start_cluster().await?;
@@ -309,6 +321,7 @@ impl Controller {
             subnets: Vec::new(),
         };
         driver.validate(&info)?;
+        driver.prepare_network(&mut info).await?;
 
         // Addresses: reserved first, released on any later failure.
         if kind.needs_addresses() {
@@ -482,6 +495,15 @@ impl Controller {
                 }
             }
         };
+        if let StoredNamespace::Path(_) = &namespace {
+            // A namespace the runtime made may still have its loopback down; the embedded DNS
+            // server and the container's own services need it.
+            let lo = async {
+                let lo = handle.link().get("lo").await?;
+                handle.link().set_up(lo.index).await
+            };
+            lo.await?;
+        }
         let record = SandboxRecord {
             id: id.clone(),
             name: spec.name.clone(),
@@ -817,7 +839,7 @@ impl Controller {
             driver.validate_endpoint(info, &ep)?;
             let joined = driver.join(info, &ep, &ctx).await?;
             if let Err(e) = driver.program_external_connectivity(info, &ep).await {
-                let _ = driver.leave(info, &ep).await;
+                let _ = driver.leave_sandbox(info, &ep, Some(&ctx)).await;
                 return Err(Error::from(e));
             }
             Ok(joined)
@@ -892,7 +914,7 @@ impl Controller {
         };
         if let Err(e) = persisted {
             let _ = driver.revoke_external_connectivity(info, &ep).await;
-            let _ = driver.leave(info, &ep).await;
+            let _ = driver.leave_sandbox(info, &ep, Some(&ctx)).await;
             self.release_addresses(info, &reserved).await;
             return Err(e);
         }
@@ -977,11 +999,29 @@ impl Controller {
         if cluster_scoped {
             self.withdraw_endpoint(&net.info.id, ep_id).await?;
         }
+        let ctx = {
+            let live = self.live();
+            let l = live.get(&sb.id);
+            match (
+                l.and_then(|l| l.ns.clone()),
+                l.and_then(|l| l.handle.clone()),
+            ) {
+                (Some(ns), Some(handle)) => Some(SandboxContext {
+                    name: sb.name.clone(),
+                    ns,
+                    handle,
+                    is_host: sb.namespace == StoredNamespace::Host,
+                }),
+                _ => None,
+            }
+        };
         let left = async {
             driver
                 .revoke_external_connectivity(&net.info, &ep.info)
                 .await?;
-            driver.leave(&net.info, &ep.info).await
+            driver
+                .leave_sandbox(&net.info, &ep.info, ctx.as_ref())
+                .await
         }
         .await;
         if let Err(e) = left {
@@ -1230,6 +1270,23 @@ impl Controller {
         Ok(())
     }
 
+    /// After a restart: tells each driver about its stored networks and their endpoints.
+    fn restore_drivers(&self) {
+        let records = self.records();
+        for net in records.networks.values() {
+            let Some(driver) = self.inner.drivers.get(&net.info.options.kind()) else {
+                continue;
+            };
+            let endpoints: Vec<EndpointInfo> = records
+                .endpoints
+                .values()
+                .filter(|e| e.network_id == net.info.id)
+                .map(|e| e.info.clone())
+                .collect();
+            driver.restore_network(&net.info, &endpoints);
+        }
+    }
+
     /// After a restart: opens the namespaces of the stored sandboxes and handles inside them.
     async fn reopen_sandboxes(&self) {
         let sandboxes: Vec<SandboxRecord> = self.records().sandboxes.values().cloned().collect();
@@ -1464,6 +1521,10 @@ fn default_drivers(host: &Handle) -> HashMap<DriverKind, Arc<dyn Driver>> {
     );
     drivers.insert(DriverKind::Host, Arc::new(HostDriver));
     drivers.insert(DriverKind::Null, Arc::new(NullDriver));
+    drivers.insert(
+        DriverKind::Macvlan,
+        Arc::new(MacvlanDriver::new(host.clone())),
+    );
     drivers
 }
 

@@ -22,6 +22,8 @@ fn mock(fail: &'static str) -> MockDriver {
     let mut d = MockDriver::new();
     d.expect_kind().return_const(DriverKind::Bridge);
     d.expect_validate().returning(|_| Ok(()));
+    d.expect_prepare_network().returning(|_| Ok(()));
+    d.expect_restore_network().return_const(());
     d.expect_validate_endpoint().returning(|_, _| Ok(()));
     d.expect_create_network().returning(move |net| {
         // The predefined `bridge` is created at open; failures are injected after that.
@@ -136,7 +138,10 @@ async fn a_failed_join_releases_the_address_and_records_nothing() {
 #[tokio::test]
 async fn a_failed_external_connectivity_leaves_and_releases() {
     let mut driver = mock("program_external_connectivity");
-    driver.expect_leave().times(1).returning(|_, _| Ok(()));
+    driver
+        .expect_leave_sandbox()
+        .times(1)
+        .returning(|_, _, _| Ok(()));
     let f = fixture(driver).await;
     f.wharf
         .create_network(NetworkSpec::new("net"))
@@ -258,7 +263,7 @@ async fn bad_input_is_refused_before_anything_is_reserved() {
 #[tokio::test]
 async fn a_network_with_endpoints_is_not_deleted() {
     let mut driver = mock("");
-    driver.expect_leave().returning(|_, _| Ok(()));
+    driver.expect_leave_sandbox().returning(|_, _, _| Ok(()));
     let f = fixture(driver).await;
     f.wharf
         .create_network(NetworkSpec::new("net"))

@@ -6,8 +6,8 @@
 //! host and of the sandbox. A driver keeps no state of its own that the controller could not
 //! rebuild from those values, and never talks to the store, IPAM or DNS.
 //!
-//! The implementations live in their own modules ([`bridge`], [`host`], [`null`], [`overlay`]);
-//! the registry that picks one for a network lives above them, in the controller.
+//! The implementations live in their own modules ([`bridge`], [`host`], [`null`], [`macvlan`],
+//! [`overlay`]); the registry that picks one for a network lives above them, in the controller.
 //!
 //! Cluster-scoped drivers (overlay) also receive their remote peers as values
 //! ([`Driver::peer_add`], [`Driver::peer_remove`]): the controller learns them from the cluster
@@ -15,6 +15,7 @@
 
 pub mod bridge;
 pub mod host;
+pub mod macvlan;
 pub mod null;
 mod options;
 pub mod overlay;
@@ -29,7 +30,8 @@ use crate::sys::rtnl::{Handle, MacAddr};
 use crate::sys::{NetNs, SysError};
 
 pub use options::{
-    BridgeOptions, DriverKind, DriverOptions, FIRST_VNI, MAX_VNI, OverlayOptions, VXLAN_OVERHEAD,
+    BridgeOptions, DriverKind, DriverOptions, FIRST_VNI, HostAccess, MAX_VNI, MacvlanMode,
+    MacvlanOptions, OverlayOptions, VXLAN_OVERHEAD,
 };
 
 /// What a driver knows about one network.
@@ -250,6 +252,27 @@ pub enum DriverError {
         /// What is not supported.
         reason: String,
     },
+    /// The parent interface a network names cannot carry it (missing, loopback, a bridge
+    /// port...). Nothing was created.
+    #[error("network {network:?}: parent {parent:?}: {reason}")]
+    InvalidParent {
+        /// The network's name.
+        network: String,
+        /// The parent interface.
+        parent: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The parent interface is taken whole by a passthru network or endpoint.
+    #[error("network {network:?}: parent {parent:?} is taken: {reason}")]
+    ParentInUse {
+        /// The network's name.
+        network: String,
+        /// The parent interface.
+        parent: String,
+        /// What holds it.
+        reason: String,
+    },
     /// A kernel operation failed.
     #[error("network {network:?}: {source}")]
     Kernel {
@@ -272,10 +295,12 @@ impl DriverError {
 
 /// A network driver.
 ///
-/// The controller calls, for a network: [`Driver::validate`] before anything is created, then
-/// [`Driver::create_network`]; for each endpoint: [`Driver::join`] (and
-/// [`Driver::program_external_connectivity`]) on connect, [`Driver::revoke_external_connectivity`]
-/// and [`Driver::leave`] on disconnect; [`Driver::delete_network`] last. Every method that
+/// The controller calls, for a network: [`Driver::validate`] and [`Driver::prepare_network`]
+/// before anything is created, then [`Driver::create_network`]; for each endpoint:
+/// [`Driver::join`] (and [`Driver::program_external_connectivity`]) on connect,
+/// [`Driver::revoke_external_connectivity`] and [`Driver::leave_sandbox`] (by default
+/// [`Driver::leave`]) on disconnect; [`Driver::delete_network`] last; and after a restart
+/// [`Driver::restore_network`] for each stored network. Every method that
 /// changes the kernel either completes or undoes its own partial work before returning an error.
 /// `leave` and `delete_network` succeed when the objects are already gone.
 #[cfg_attr(test, mockall::automock)]
@@ -286,6 +311,19 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
 
     /// Checks a network's options before anything is created.
     fn validate(&self, net: &NetworkInfo) -> Result<(), DriverError>;
+
+    /// Checks that need the kernel (e.g. that a parent interface exists), called after
+    /// [`Driver::validate`] and before addresses are reserved. Reads the kernel but changes
+    /// nothing in it; may record in `net.options` facts found now that must survive restarts
+    /// (the controller stores the options as they are after this call). Accepts by default.
+    async fn prepare_network(&self, _net: &mut NetworkInfo) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// After the controller restarts: tells the driver about a stored network of its kind and
+    /// the endpoints on it, for drivers that need to know their networks (e.g. which parent
+    /// interfaces they share). Nothing in the kernel changes. Does nothing by default.
+    fn restore_network(&self, _net: &NetworkInfo, _endpoints: &[EndpointInfo]) {}
 
     /// Creates the network's kernel objects (a bridge, ...).
     async fn create_network(&self, net: &NetworkInfo) -> Result<(), DriverError>;
@@ -310,6 +348,19 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
 
     /// Detaches an endpoint; succeeds if its interface (or the whole sandbox) is already gone.
     async fn leave(&self, net: &NetworkInfo, ep: &EndpointInfo) -> Result<(), DriverError>;
+
+    /// Detaches an endpoint, given its sandbox while the sandbox's namespace still exists
+    /// (`None` once it is gone). The controller calls this rather than [`Driver::leave`], for
+    /// drivers whose interface lives only inside the sandbox (macvlan). By default it is
+    /// [`Driver::leave`].
+    async fn leave_sandbox<'a>(
+        &self,
+        net: &NetworkInfo,
+        ep: &EndpointInfo,
+        _sandbox: Option<&'a SandboxContext>,
+    ) -> Result<(), DriverError> {
+        self.leave(net, ep).await
+    }
 
     /// Opens the endpoint to the outside (NAT, published ports). No-op by default.
     async fn program_external_connectivity(

@@ -2,9 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::sys::rtnl::MacvlanMode;
 
 /// The network drivers wharf has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -16,6 +18,8 @@ pub enum DriverKind {
     Host,
     /// Loopback only (Docker's `none` network, driver `null`).
     Null,
+    /// A macvlan device per endpoint on a parent interface of the host.
+    Macvlan,
     /// VXLAN across hosts, coordinated through the cluster store (cluster mode only).
     Overlay,
 }
@@ -26,12 +30,13 @@ impl DriverKind {
         !matches!(self, Self::Host | Self::Null)
     }
 
-    /// The name Docker uses (`bridge`, `host`, `null`).
+    /// The name Docker uses (`bridge`, `host`, `null`, `macvlan`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Bridge => "bridge",
             Self::Host => "host",
             Self::Null => "null",
+            Self::Macvlan => "macvlan",
             Self::Overlay => "overlay",
         }
     }
@@ -67,6 +72,8 @@ pub enum DriverOptions {
     Host,
     /// The null driver (no options).
     Null,
+    /// The macvlan driver.
+    Macvlan(MacvlanOptions),
     /// The overlay driver.
     Overlay(OverlayOptions),
 }
@@ -84,6 +91,7 @@ impl DriverOptions {
             Self::Bridge(_) => DriverKind::Bridge,
             Self::Host => DriverKind::Host,
             Self::Null => DriverKind::Null,
+            Self::Macvlan(_) => DriverKind::Macvlan,
             Self::Overlay(_) => DriverKind::Overlay,
         }
     }
@@ -92,8 +100,9 @@ impl DriverOptions {
     pub fn docker_options(&self) -> BTreeMap<String, String> {
         match self {
             Self::Bridge(b) => b.docker_options(),
-            Self::Overlay(o) => o.docker_options(),
             Self::Host | Self::Null => BTreeMap::new(),
+            Self::Macvlan(m) => m.docker_options(),
+            Self::Overlay(o) => o.docker_options(),
         }
     }
 }
@@ -179,6 +188,104 @@ impl BridgeOptions {
             put("com.docker.network.driver.mtu".into(), mtu.to_string());
         }
         out
+    }
+}
+
+/// Options of a macvlan network (Docker's `parent`, `macvlan_mode` and `driver.mtu`).
+///
+/// The subnet, gateway (a router on the segment, never configured on any interface by wharf),
+/// ip-range and auxiliary addresses (other machines on the segment) are the network's IPAM
+/// configuration, as for every driver.
+///
+/// ```
+/// use wharf::driver::{DriverOptions, MacvlanMode, MacvlanOptions};
+/// let opts: DriverOptions =
+///     serde_json::from_str(r#"{"macvlan": {"parent": "eth0.10", "mode": "vepa"}}"#).unwrap();
+/// let DriverOptions::Macvlan(m) = &opts else { unreachable!() };
+/// assert_eq!((m.parent.as_deref(), m.mode), (Some("eth0.10"), MacvlanMode::Vepa));
+/// assert_eq!(opts.docker_options()["macvlan_mode"], "vepa");
+/// // An unknown mode is an error, not a silent default.
+/// assert!(serde_json::from_str::<DriverOptions>(r#"{"macvlan": {"mode": "hairpin"}}"#).is_err());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MacvlanOptions {
+    /// The interface of the host namespace the macvlans hang off. Required unless the network
+    /// is internal. `name.VLAN` (e.g. `eth0.10`) names an 802.1Q sub-interface of `name`, which
+    /// wharf creates when it is missing. Without a parent, an internal network gets a private
+    /// parent that wharf keeps in the host namespace (a bridge without ports, `mv-<12 hex of
+    /// the id>`): its containers reach each other and nothing else.
+    pub parent: Option<String>,
+    /// The macvlan mode (default `bridge`).
+    pub mode: MacvlanMode,
+    /// MTU of the endpoints; at most the parent's (default: the parent's).
+    pub mtu: Option<u32>,
+    /// Lets the host reach the network's containers, which the kernel never delivers through
+    /// the parent itself (see [`HostAccess`]). Off by default, as in Docker.
+    pub host_access: Option<HostAccess>,
+    /// Set by wharf, not by callers (ignored on input): the parent is an 802.1Q sub-interface
+    /// that wharf created, to be deleted with the last network that uses it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub created_parent: bool,
+}
+
+/// The host's own way to its macvlan containers: a macvlan interface in bridge mode on the same
+/// parent, in the host namespace (`mh-<12 hex of the network id>`), holding `address` (as a
+/// /32, and `address_v6` as a /128), and a host route to each container's address through it.
+///
+/// `address` must be in the network's subnet and must not be handed out to a container:
+/// reserve it with an auxiliary address of the network's IPAM configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostAccess {
+    /// The host's IPv4 address on the segment.
+    pub address: Ipv4Addr,
+    /// The host's IPv6 address on the segment, for IPv6 containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_v6: Option<Ipv6Addr>,
+}
+
+impl MacvlanOptions {
+    /// Options with `parent` and everything else defaulted (bridge mode).
+    pub fn parent(parent: impl Into<String>) -> Self {
+        Self {
+            parent: Some(parent.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the mode.
+    pub fn mode(mut self, mode: MacvlanMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    fn docker_options(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Some(parent) = &self.parent {
+            out.insert("parent".into(), parent.clone());
+        }
+        out.insert("macvlan_mode".into(), mode_name(self.mode).into());
+        if let Some(mtu) = self.mtu {
+            out.insert("com.docker.network.driver.mtu".into(), mtu.to_string());
+        }
+        if let Some(h) = &self.host_access {
+            out.insert("wharf.macvlan.host_access".into(), h.address.to_string());
+            if let Some(v6) = h.address_v6 {
+                out.insert("wharf.macvlan.host_access_v6".into(), v6.to_string());
+            }
+        }
+        out
+    }
+}
+
+/// Docker's name of a macvlan mode.
+pub(crate) fn mode_name(mode: MacvlanMode) -> &'static str {
+    match mode {
+        MacvlanMode::Bridge => "bridge",
+        MacvlanMode::Private => "private",
+        MacvlanMode::Vepa => "vepa",
+        MacvlanMode::Passthru => "passthru",
     }
 }
 

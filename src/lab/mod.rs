@@ -15,6 +15,7 @@
 //! This module is part of the library so that `tests/`, `examples/` and `benches/` share it; a
 //! runtime has no use for it.
 
+pub mod etcd;
 pub mod probe;
 
 use std::path::{Path, PathBuf};

@@ -1,16 +1,25 @@
 //! [`EmbeddedStore`]: the default [`Store`], a crash-safe database file on local disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition, WriteTransaction};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
+use super::lease::{LeaseTable, Reap, spawn_reaper};
 use super::watch::WatchHub;
-use super::{KeyValue, Op, Revision, Store, StoreError, WatchStream, check_ops};
+use super::{
+    KeyValue, LeaseId, Op, Revision, Store, StoreError, WatchEvent, WatchStream, check_ops,
+};
 
 /// Every key: `key -> (revision of its last change, value)`.
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
+/// The keys attached to a lease: `key -> lease id`. Leases live in memory only, so these keys
+/// are deleted when the database is opened.
+const LEASED: TableDefinition<&str, i64> = TableDefinition::new("leased");
 /// Store-wide metadata; holds the revision counter under [`REVISION_KEY`].
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION_KEY: &str = "revision";
@@ -27,6 +36,10 @@ const REVISION_KEY: &str = "revision";
 /// The database runs on tokio's blocking pool; writes are serialized (redb has one writer).
 /// The file is locked: open it once per process and share the handle (it is cheap to clone).
 ///
+/// Leases are timers in memory: they expire on time while the store is open, but do not survive
+/// reopening it. Keys written with a lease are deleted when the database is opened (in one
+/// batch, at a new revision), since the process that owned the lease is gone.
+///
 /// ```no_run
 /// use wharf::store::{EmbeddedStore, Store};
 /// # async fn demo() -> Result<(), wharf::store::StoreError> {
@@ -42,9 +55,13 @@ pub struct EmbeddedStore {
 struct Inner {
     db: Database,
     path: PathBuf,
-    /// Held across commit and publish so watchers see batches in revision order.
+    /// Held across commit and publish so watchers see batches in revision order; taken before
+    /// `leases`.
     write_lock: Mutex<()>,
     hub: WatchHub,
+    leases: Mutex<LeaseTable>,
+    /// Wakes the lease expiry task when a lease with an earlier deadline appears.
+    wake: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -82,13 +99,30 @@ impl EmbeddedStore {
             .create_with_file_format_v3(true)
             .create(&path)
             .map_err(|e| StoreError::backend(format!("opening {}", path.display()), e))?;
-        let txn = db
+        let mut txn = db
             .begin_write()
             .map_err(backend("starting the table-creation transaction"))?;
+        txn.set_durability(Durability::Immediate);
         {
             txn.open_table(KV).map_err(backend("creating table kv"))?;
             txn.open_table(META)
                 .map_err(backend("creating table meta"))?;
+            // Keys of leases from an earlier run: their owner is gone.
+            let mut leased = txn
+                .open_table(LEASED)
+                .map_err(backend("creating table leased"))?;
+            let mut orphans = Vec::new();
+            for item in leased.iter().map_err(backend("listing leased keys"))? {
+                let (key, _) = item.map_err(backend("listing leased keys"))?;
+                orphans.push(key.value().to_owned());
+            }
+            for key in &orphans {
+                leased
+                    .remove(key.as_str())
+                    .map_err(backend("forgetting a leased key"))?;
+            }
+            drop(leased);
+            delete_in(&txn, &orphans)?;
         }
         txn.commit().map_err(backend("committing table creation"))?;
         Ok(EmbeddedStore {
@@ -97,6 +131,8 @@ impl EmbeddedStore {
                 path,
                 write_lock: Mutex::new(()),
                 hub: WatchHub::new(),
+                leases: Mutex::new(LeaseTable::default()),
+                wake: Arc::new(Notify::new()),
             }),
         })
     }
@@ -109,7 +145,7 @@ impl EmbeddedStore {
     async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Arc<Inner>) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || f(&inner))
@@ -118,8 +154,133 @@ impl EmbeddedStore {
     }
 }
 
+/// Deletes those of `keys` that exist, at a new revision (none if no key exists), inside `txn`;
+/// returns the delete events. Leaves table `leased` alone.
+fn delete_in(txn: &WriteTransaction, keys: &[String]) -> Result<Vec<WatchEvent>, StoreError> {
+    let mut kv = txn.open_table(KV).map_err(backend("opening table kv"))?;
+    let mut meta = txn
+        .open_table(META)
+        .map_err(backend("opening table meta"))?;
+    let revision = meta
+        .get(REVISION_KEY)
+        .map_err(backend("reading the revision"))?
+        .map(|g| g.value())
+        .unwrap_or(0)
+        + 1;
+    let mut events = Vec::new();
+    for key in keys {
+        let removed = kv
+            .remove(key.as_str())
+            .map_err(backend("deleting a key"))?
+            .is_some();
+        if removed {
+            events.push(WatchEvent::Delete {
+                key: key.clone(),
+                revision,
+            });
+        }
+    }
+    if !events.is_empty() {
+        meta.insert(REVISION_KEY, revision)
+            .map_err(backend("writing the revision"))?;
+    }
+    Ok(events)
+}
+
 impl Inner {
+    fn write_guard(&self) -> MutexGuard<'_, ()> {
+        // The lock guards no data of its own: a poisoned one is still usable.
+        self.write_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn leases(&self) -> MutexGuard<'_, LeaseTable> {
+        // Every change to the table is a single call that cannot panic halfway.
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Deletes the keys of leases that reached their deadline, one batch per lease. The caller
+    /// holds the write lock.
+    fn expire(&self, leases: &mut LeaseTable, now: Instant) -> Result<(), StoreError> {
+        if !leases.has_due(now) {
+            return Ok(());
+        }
+        for (_, keys) in leases.take_expired(now) {
+            self.delete_leased(keys)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the keys of an ended lease in one batch. The caller holds the write lock.
+    fn delete_leased(&self, keys: Vec<String>) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(backend("starting a write transaction"))?;
+        txn.set_durability(Durability::Immediate);
+        {
+            let mut leased = txn
+                .open_table(LEASED)
+                .map_err(backend("opening table leased"))?;
+            for key in &keys {
+                leased
+                    .remove(key.as_str())
+                    .map_err(backend("forgetting a leased key"))?;
+            }
+        }
+        let events = delete_in(&txn, &keys)?;
+        txn.commit().map_err(backend("committing"))?;
+        self.hub.publish(events);
+        Ok(())
+    }
+
+    /// Expires due leases before a read, so that nobody reads a key whose lease ended.
+    fn expire_before_read(&self) -> Result<(), StoreError> {
+        let now = Instant::now();
+        if !self.leases().has_due(now) {
+            return Ok(());
+        }
+        let _guard = self.write_guard();
+        self.expire(&mut self.leases(), now)
+    }
+
+    fn grant(self: &Arc<Self>, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let mut leases = self.leases();
+        let start = leases.claim_reaper();
+        let lease = leases.grant(ttl, Instant::now());
+        if start {
+            if let Err(e) = spawn_reaper(self, Arc::clone(&self.wake)) {
+                leases.revoke(lease, Instant::now()).ok();
+                leases.next_deadline_or_stop();
+                return Err(e);
+            }
+        } else {
+            self.wake.notify_one();
+        }
+        Ok(lease)
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        let _guard = self.write_guard();
+        let now = Instant::now();
+        let mut leases = self.leases();
+        self.expire(&mut leases, now)?;
+        leases.keep_alive(lease, now)
+    }
+
+    fn revoke(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let _guard = self.write_guard();
+        let now = Instant::now();
+        let mut leases = self.leases();
+        self.expire(&mut leases, now)?;
+        let keys = leases.revoke(lease, now)?;
+        self.delete_leased(keys)
+    }
+
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.expire_before_read()?;
         let txn = self
             .db
             .begin_read()
@@ -137,6 +298,7 @@ impl Inner {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        self.expire_before_read()?;
         let txn = self
             .db
             .begin_read()
@@ -160,14 +322,16 @@ impl Inner {
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
-        // The lock guards no data of its own: a poisoned one is still usable.
-        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.write_guard();
+        let now = Instant::now();
+        let mut leases = self.leases();
+        self.expire(&mut leases, now)?;
         let mut txn = self
             .db
             .begin_write()
             .map_err(backend("starting a write transaction"))?;
         txn.set_durability(Durability::Immediate);
-        let (revision, events) = {
+        let (revision, changes) = {
             let mut meta = txn
                 .open_table(META)
                 .map_err(backend("opening table meta"))?;
@@ -181,29 +345,53 @@ impl Inner {
             }
             let revision = current + 1;
             let mut kv = txn.open_table(KV).map_err(backend("opening table kv"))?;
-            let events = check_ops(ops, revision, |key| {
-                kv.get(key)
-                    .map(|found| found.map(|g| g.value().0))
-                    .map_err(backend("reading a key"))
-            })?;
-            for event in &events {
-                match event {
-                    super::WatchEvent::Put(e) => {
-                        kv.insert(e.key.as_str(), (revision, e.value.as_slice()))
+            let mut leased = txn
+                .open_table(LEASED)
+                .map_err(backend("opening table leased"))?;
+            let changes = check_ops(
+                ops,
+                revision,
+                |key| {
+                    kv.get(key)
+                        .map(|found| found.map(|g| g.value().0))
+                        .map_err(backend("reading a key"))
+                },
+                |lease| leases.alive(lease, now),
+            )?;
+            for change in &changes {
+                let key = change.event.key();
+                match &change.event {
+                    WatchEvent::Put(e) => {
+                        kv.insert(key, (revision, e.value.as_slice()))
                             .map_err(backend("writing a key"))?;
                     }
-                    super::WatchEvent::Delete { key, .. } => {
-                        kv.remove(key.as_str()).map_err(backend("deleting a key"))?;
+                    WatchEvent::Delete { .. } => {
+                        kv.remove(key).map_err(backend("deleting a key"))?;
+                    }
+                }
+                match change.lease {
+                    Some(lease) => {
+                        leased
+                            .insert(key, lease.0)
+                            .map_err(backend("recording a leased key"))?;
+                    }
+                    None => {
+                        leased
+                            .remove(key)
+                            .map_err(backend("forgetting a leased key"))?;
                     }
                 }
             }
             meta.insert(REVISION_KEY, revision)
                 .map_err(backend("writing the revision"))?;
-            (revision, events)
+            (revision, changes)
         };
         txn.commit().map_err(backend("committing"))?;
+        leases.record(&changes);
+        drop(leases);
         if self.hub.has_watchers() {
-            self.hub.publish(events);
+            self.hub
+                .publish(changes.into_iter().map(|c| c.event).collect());
         }
         Ok(revision)
     }
@@ -227,5 +415,29 @@ impl Store for EmbeddedStore {
 
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
         Ok(self.inner.hub.subscribe(prefix))
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.blocking(move |inner| inner.grant(ttl)).await
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        self.blocking(move |inner| inner.keep_alive(lease)).await
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.blocking(move |inner| inner.revoke(lease)).await
+    }
+}
+
+impl Reap for Inner {
+    fn reap(&self) -> Option<Instant> {
+        let _guard = self.write_guard();
+        let mut leases = self.leases();
+        if let Err(e) = self.expire(&mut leases, Instant::now()) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not delete the keys of an expired lease; retrying");
+            return Some(Instant::now() + Duration::from_secs(1));
+        }
+        leases.next_deadline_or_stop()
     }
 }

@@ -2,17 +2,27 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
+use super::lease::{LeaseTable, Reap, spawn_reaper};
 use super::watch::WatchHub;
-use super::{KeyValue, Op, Revision, Store, StoreError, WatchEvent, WatchStream, check_ops};
+use super::{
+    Change, KeyValue, LeaseId, Op, Revision, Store, StoreError, WatchEvent, WatchStream, check_ops,
+};
 
 /// A [`Store`] held in memory: for unit tests, and for several controllers in one process that
 /// share state (clone it: clones share the same data).
 ///
 /// Nothing survives the process. Operations never fail except as the contract says
-/// (`AlreadyExists`, `NotFound`, `Conflict`).
+/// (`AlreadyExists`, `NotFound`, `Conflict`, `LeaseNotFound`).
+///
+/// Leases really expire: a background task deletes the keys of a lease when its ttl runs out
+/// (and every operation first expires the leases that are due, so nobody reads a key whose
+/// lease ended).
 ///
 /// ```
 /// use wharf::store::{MemoryStore, Store};
@@ -32,12 +42,60 @@ pub struct MemoryStore {
 struct Inner {
     data: Mutex<Data>,
     hub: WatchHub,
+    /// Wakes the lease expiry task when a lease with an earlier deadline appears.
+    wake: Arc<Notify>,
 }
 
 #[derive(Debug, Default)]
 struct Data {
     revision: Revision,
     entries: BTreeMap<String, (Revision, Vec<u8>)>,
+    leases: LeaseTable,
+}
+
+impl Inner {
+    fn data(&self) -> MutexGuard<'_, Data> {
+        // A panic while holding the lock cannot leave `Data` half-changed: batches are checked
+        // before anything is written. So a poisoned lock is still consistent.
+        self.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Deletes the keys of leases that reached their deadline, one batch per lease.
+    fn expire(&self, data: &mut Data, now: Instant) {
+        if !data.leases.has_due(now) {
+            return;
+        }
+        for (_, keys) in data.leases.take_expired(now) {
+            self.delete_keys(data, keys);
+        }
+    }
+
+    /// Deletes `keys` (those that exist) in one batch at a new revision.
+    fn delete_keys(&self, data: &mut Data, keys: Vec<String>) {
+        let present: Vec<String> = keys
+            .into_iter()
+            .filter(|k| data.entries.contains_key(k))
+            .collect();
+        if present.is_empty() {
+            return;
+        }
+        data.revision += 1;
+        let revision = data.revision;
+        let mut events = Vec::with_capacity(present.len());
+        for key in present {
+            data.entries.remove(&key);
+            events.push(WatchEvent::Delete { key, revision });
+        }
+        self.hub.publish(events);
+    }
+}
+
+impl Reap for Inner {
+    fn reap(&self) -> Option<Instant> {
+        let mut data = self.data();
+        self.expire(&mut data, Instant::now());
+        data.leases.next_deadline_or_stop()
+    }
 }
 
 impl MemoryStore {
@@ -46,10 +104,11 @@ impl MemoryStore {
         Self::default()
     }
 
+    /// The data, with due leases expired.
     fn data(&self) -> MutexGuard<'_, Data> {
-        // A panic while holding the lock cannot leave `Data` half-changed: batches are checked
-        // before anything is written. So a poisoned lock is still consistent.
-        self.inner.data.lock().unwrap_or_else(|e| e.into_inner())
+        let mut data = self.inner.data();
+        self.inner.expire(&mut data, Instant::now());
+        data
     }
 }
 
@@ -83,15 +142,21 @@ impl Store for MemoryStore {
             return Ok(data.revision);
         }
         let revision = data.revision + 1;
-        let events = {
+        let now = Instant::now();
+        let changes = {
             let entries = &data.entries;
-            check_ops(ops, revision, |k| {
-                Ok::<_, std::convert::Infallible>(entries.get(k).map(|(r, _)| *r))
-            })?
+            let leases = &data.leases;
+            check_ops(
+                ops,
+                revision,
+                |k| Ok::<_, std::convert::Infallible>(entries.get(k).map(|(r, _)| *r)),
+                |lease| leases.alive(lease, now),
+            )?
         };
+        data.leases.record(&changes);
         let watched = self.inner.hub.has_watchers();
         let mut published = Vec::new();
-        for event in events {
+        for Change { event, .. } in changes {
             match event {
                 WatchEvent::Put(kv) => {
                     if watched {
@@ -115,5 +180,32 @@ impl Store for MemoryStore {
 
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
         Ok(self.inner.hub.subscribe(prefix))
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let mut data = self.data();
+        let start = data.leases.claim_reaper();
+        let lease = data.leases.grant(ttl, Instant::now());
+        if start {
+            if let Err(e) = spawn_reaper(&self.inner, Arc::clone(&self.inner.wake)) {
+                data.leases.revoke(lease, Instant::now()).ok();
+                data.leases.next_deadline_or_stop();
+                return Err(e);
+            }
+        } else {
+            self.inner.wake.notify_one();
+        }
+        Ok(lease)
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        self.data().leases.keep_alive(lease, Instant::now())
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let mut data = self.data();
+        let keys = data.leases.revoke(lease, Instant::now())?;
+        self.inner.delete_keys(&mut data, keys);
+        Ok(())
     }
 }

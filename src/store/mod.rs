@@ -1,36 +1,52 @@
-//! Where wharf's state lives: a small key-value contract and its two local implementations.
+//! Where wharf's state lives: a small key-value contract, two local implementations and etcd.
 //!
 //! Why it exists: IPAM allocations, and later the controller's own records (what it created, so
 //! that a crash can be recovered), must survive a restart, and cluster-scoped state must be shared
 //! by several hosts. Both needs are met by one narrow contract, [`Store`], shaped like etcd's:
 //! string keys, opaque byte values, a store-wide [`Revision`] counter, atomic multi-key
 //! [`Op`] batches with create-if-absent and compare-and-swap, prefix listing and prefix watches.
-//! An etcd backend can implement it later without changing any caller.
+//! The same callers run on one host's disk and on an etcd cluster.
 //!
 //! Implementations here:
 //! - [`EmbeddedStore`]: the default, on local disk, crash-safe (a [`redb`] database: copy-on-write
 //!   B-trees, every committed batch is fsynced before `apply` returns). One key per object, so a
 //!   change costs the same whether the store holds ten keys or a hundred thousand.
 //! - [`MemoryStore`]: purely in memory, for unit tests and for several controllers in one process.
+//! - `EtcdStore` (cargo feature `etcd`): an etcd v3 cluster, for state shared by several hosts.
+//!
+//! Leases: [`Store::grant_lease`] hands out a [`LeaseId`] with a time to live; keys written with
+//! [`Op::PutWithLease`] or [`Op::CreateWithLease`] are deleted (with a [`WatchEvent::Delete`])
+//! when the lease expires because nobody called [`Store::keep_alive`] in time, or at once when it
+//! is revoked. A [`LeaseKeeper`] refreshes a lease in the background until it is dropped. This is
+//! how a host announces itself to a cluster: its records vanish after it dies. See
+//! [`Store::grant_lease`] for what differs between backends.
 //!
 //! What it deliberately does not do: interpret keys or values (callers own their layout and
-//! encoding, conventionally `component/v1/...` keys and JSON values), leases/TTLs, or history
-//! (a watch starts at "now"; list first, then drop watch events whose revision is not newer).
-//! It knows nothing about networks, IPAM or the kernel.
+//! encoding, conventionally `component/v1/...` keys and JSON values), or history (a watch starts
+//! at "now": watch first, then list, then apply a watch event to a listed key only if its
+//! revision is newer than the listed one; events arrive in order, so the view converges). It
+//! knows nothing about networks, IPAM or the kernel.
 
 #![warn(missing_docs)]
 
 mod embedded;
+#[cfg(feature = "etcd")]
+mod etcd;
+mod lease;
 mod memory;
 mod watch;
 
 use std::fmt;
 use std::pin::Pin;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::Stream;
 
 pub use embedded::EmbeddedStore;
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdOptions, EtcdStore};
+pub use lease::LeaseKeeper;
 pub use memory::MemoryStore;
 
 /// A store-wide, strictly increasing change counter.
@@ -39,6 +55,18 @@ pub use memory::MemoryStore;
 /// remembers the revision of its last change ([`KeyValue::revision`]), which is what
 /// [`Op::Swap`] and [`Op::DeleteIf`] compare against.
 pub type Revision = u64;
+
+/// A lease handed out by [`Store::grant_lease`]: keys attached to it live as long as it does.
+///
+/// The number is the backend's own (etcd's lease id on etcd); it means nothing to another store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseId(pub i64);
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
 
 /// One stored entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,11 +93,34 @@ pub enum Op {
         value: Vec<u8>,
     },
     /// Create or overwrite `key` unconditionally.
+    ///
+    /// Like every write without a lease, this detaches `key` from a lease it had (etcd's rule):
+    /// the key then lives until it is deleted.
     Put {
         /// The key to write.
         key: String,
         /// Its value.
         value: Vec<u8>,
+    },
+    /// [`Op::Create`] with the key attached to `lease`: it is deleted when the lease ends.
+    /// Fails with [`StoreError::LeaseNotFound`] if the lease expired or was revoked.
+    CreateWithLease {
+        /// The key to create.
+        key: String,
+        /// Its value.
+        value: Vec<u8>,
+        /// The lease that owns the key.
+        lease: LeaseId,
+    },
+    /// [`Op::Put`] with the key attached to `lease`: it is deleted when the lease ends.
+    /// Fails with [`StoreError::LeaseNotFound`] if the lease expired or was revoked.
+    PutWithLease {
+        /// The key to write.
+        key: String,
+        /// Its value.
+        value: Vec<u8>,
+        /// The lease that owns the key.
+        lease: LeaseId,
     },
     /// Overwrite `key` only if its current revision is `expected`; fails with
     /// [`StoreError::Conflict`] otherwise (including when the key is absent).
@@ -102,6 +153,8 @@ impl Op {
         match self {
             Op::Create { key, .. }
             | Op::Put { key, .. }
+            | Op::CreateWithLease { key, .. }
+            | Op::PutWithLease { key, .. }
             | Op::Swap { key, .. }
             | Op::Delete { key }
             | Op::DeleteIf { key, .. } => key,
@@ -144,7 +197,9 @@ impl WatchEvent {
 /// The stream returned by [`Store::watch`]: events in revision order.
 ///
 /// It yields `Err(StoreError::WatchLagged)` if the watcher fell too far behind (the caller should
-/// list again and re-watch) and ends when the store is dropped.
+/// list again and re-watch) and ends when the store is dropped. The etcd store also ends it with
+/// a `Backend` error when etcd stays unreachable (after trying to resume for a while). After an
+/// error the stream ends: watch again.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
 
 /// Errors from a [`Store`].
@@ -178,6 +233,18 @@ pub enum StoreError {
     WatchLagged {
         /// How many events were lost.
         missed: u64,
+    },
+    /// The lease does not exist (it expired, was revoked, or the store was reopened).
+    #[error("store lease {lease} does not exist (expired or revoked)")]
+    LeaseNotFound {
+        /// The lease.
+        lease: LeaseId,
+    },
+    /// The store does not implement this operation.
+    #[error("this store does not support {operation}")]
+    Unsupported {
+        /// What was asked.
+        operation: &'static str,
     },
     /// The backend failed (I/O, corruption, a lost connection...).
     #[error("store backend: {context}")]
@@ -245,7 +312,52 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError>;
 
     /// Watches every key starting with `prefix`, from now on.
+    ///
+    /// Every change committed after this returns is delivered. The local stores end the stream
+    /// with [`StoreError::WatchLagged`] when the reader falls far behind; the etcd store also
+    /// does when it cannot resume after a lost connection (see `EtcdStore`).
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError>;
+
+    /// Grants a lease that ends `ttl` after the last [`keep_alive`](Store::keep_alive) (or
+    /// after the grant), unless it is revoked first. Keys attached to it
+    /// ([`Op::PutWithLease`], [`Op::CreateWithLease`]) are then deleted in one batch, which
+    /// watchers see as [`WatchEvent::Delete`]s.
+    ///
+    /// Backends differ in the details:
+    /// - etcd: the ttl is rounded up to whole seconds and raised to the server's minimum
+    ///   (1.5 x its election timeout, 2 s by default); a lease survives etcd restarts, and a
+    ///   restarted or newly elected leader extends every lease by its ttl; expiry is checked
+    ///   about every 500 ms.
+    /// - [`MemoryStore`]: exact durations; leases live as long as the store.
+    /// - [`EmbeddedStore`]: like memory; leases do not survive reopening the store: keys attached
+    ///   to a lease are deleted when the database is opened, since their owner is gone.
+    ///
+    /// The default implementation fails with [`StoreError::Unsupported`]; the stores in this
+    /// module all implement leases.
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let _ = ttl;
+        Err(StoreError::Unsupported {
+            operation: "leases",
+        })
+    }
+
+    /// Restarts the lease's ttl and returns it; fails with [`StoreError::LeaseNotFound`] if the
+    /// lease already ended. See [`LeaseKeeper`] to do this in the background.
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        let _ = lease;
+        Err(StoreError::Unsupported {
+            operation: "leases",
+        })
+    }
+
+    /// Ends the lease now, deleting its keys; fails with [`StoreError::LeaseNotFound`] if it
+    /// already ended.
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let _ = lease;
+        Err(StoreError::Unsupported {
+            operation: "leases",
+        })
+    }
 
     /// Creates or overwrites `key`.
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<Revision, StoreError> {
@@ -288,41 +400,81 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         }])
         .await
     }
+
+    /// Creates or overwrites `key`, attached to `lease`.
+    async fn put_with_lease(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: LeaseId,
+    ) -> Result<Revision, StoreError> {
+        self.apply(vec![Op::PutWithLease {
+            key: key.to_owned(),
+            value,
+            lease,
+        }])
+        .await
+    }
 }
 
 /// The largest batch wharf's own callers hand to [`Store::apply`] (etcd's default limit).
 pub const MAX_BATCH_OPS: usize = 128;
+
+/// One change of a checked batch: what watchers see, and the lease the key is attached to
+/// afterwards (`None` for deletes and for writes without a lease).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub(crate) event: WatchEvent,
+    pub(crate) lease: Option<LeaseId>,
+}
 
 /// Checks a batch against the committed state and returns the changes it makes, in order, as
 /// watch events at `revision` (a `Put` carries the new value). Shared by the implementations,
 /// which write the returned changes only when this returns `Ok`.
 ///
 /// `lookup` returns a key's committed revision; ops later in the batch see the earlier ones.
+/// `lease_alive` says whether a lease named by an op still exists.
 pub(crate) fn check_ops<L, E>(
     ops: Vec<Op>,
     revision: Revision,
     mut lookup: L,
-) -> Result<Vec<WatchEvent>, StoreError>
+    lease_alive: impl Fn(LeaseId) -> bool,
+) -> Result<Vec<Change>, StoreError>
 where
     L: FnMut(&str) -> Result<Option<Revision>, E>,
     StoreError: From<E>,
 {
     let mut staged: std::collections::HashMap<String, Option<Revision>> =
         std::collections::HashMap::new();
-    let mut events = Vec::with_capacity(ops.len());
+    let mut changes = Vec::with_capacity(ops.len());
     for op in ops {
         let current = match staged.get(op.key()) {
             Some(rev) => *rev,
             None => lookup(op.key())?,
         };
-        let (key, value) = match op {
+        let (key, value, lease) = match op {
             Op::Create { key, value } => {
                 if current.is_some() {
                     return Err(StoreError::AlreadyExists { key });
                 }
-                (key, Some(value))
+                (key, Some(value), None)
             }
-            Op::Put { key, value } => (key, Some(value)),
+            Op::CreateWithLease { key, value, lease } => {
+                if current.is_some() {
+                    return Err(StoreError::AlreadyExists { key });
+                }
+                if !lease_alive(lease) {
+                    return Err(StoreError::LeaseNotFound { lease });
+                }
+                (key, Some(value), Some(lease))
+            }
+            Op::Put { key, value } => (key, Some(value), None),
+            Op::PutWithLease { key, value, lease } => {
+                if !lease_alive(lease) {
+                    return Err(StoreError::LeaseNotFound { lease });
+                }
+                (key, Some(value), Some(lease))
+            }
             Op::Swap {
                 key,
                 expected,
@@ -335,13 +487,13 @@ where
                         actual: current,
                     });
                 }
-                (key, Some(value))
+                (key, Some(value), None)
             }
             Op::Delete { key } => {
                 if current.is_none() {
                     return Err(StoreError::NotFound { key });
                 }
-                (key, None)
+                (key, None, None)
             }
             Op::DeleteIf { key, expected } => {
                 if current != Some(expected) {
@@ -351,25 +503,31 @@ where
                         actual: current,
                     });
                 }
-                (key, None)
+                (key, None, None)
             }
         };
         match value {
             Some(value) => {
                 staged.insert(key.clone(), Some(revision));
-                events.push(WatchEvent::Put(KeyValue {
-                    key,
-                    value,
-                    revision,
-                }));
+                changes.push(Change {
+                    event: WatchEvent::Put(KeyValue {
+                        key,
+                        value,
+                        revision,
+                    }),
+                    lease,
+                });
             }
             None => {
                 staged.insert(key.clone(), None);
-                events.push(WatchEvent::Delete { key, revision });
+                changes.push(Change {
+                    event: WatchEvent::Delete { key, revision },
+                    lease: None,
+                });
             }
         }
     }
-    Ok(events)
+    Ok(changes)
 }
 
 impl From<std::convert::Infallible> for StoreError {

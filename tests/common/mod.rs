@@ -60,6 +60,29 @@ impl World {
         }
     }
 
+    /// `docker network create NET` and `docker run --network NET` for each name.
+    pub async fn network_with(&self, net: &str, containers: &[&str]) {
+        self.wharf
+            .create_network(wharf::controller::NetworkSpec::new(net))
+            .await
+            .expect("network");
+        for name in containers {
+            self.run(name, net).await;
+        }
+    }
+
+    /// `docker run --name NAME --network NET`: a sandbox connected to one network.
+    pub async fn run(&self, name: &str, net: &str) {
+        self.wharf
+            .create_sandbox(wharf::controller::SandboxSpec::new(name))
+            .await
+            .expect("sandbox");
+        self.wharf
+            .connect(name, net, wharf::controller::EndpointSpec::default())
+            .await
+            .expect("connect");
+    }
+
     /// A namespace "client" wired to the host: host 192.0.2.1/24, client 192.0.2.2/24.
     pub async fn client(&self) -> NetNs {
         let client = self.lab.namespace("client").await.unwrap();

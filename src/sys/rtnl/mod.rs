@@ -47,6 +47,8 @@ use super::error::{SysError, SysResult};
 use super::netns::NetNs;
 
 pub use address::{Address, Addresses};
+#[cfg(test)]
+pub(crate) use link::MockLinkOps;
 pub use link::{
     IFNAME_MAX_LEN, Link, LinkChange, LinkKind, LinkOps, LinkSpec, Links, MacvlanMode, VXLAN_PORT,
     VethPeer, VxlanSpec, validate_ifname,

@@ -1,0 +1,399 @@
+//! The scenarios of Docker's networking tutorial (../shared/TUTORIALS.md), step by step, with
+//! wharf's API in place of the `docker` commands.
+
+use std::net::IpAddr;
+
+use wharf::controller::{EndpointSpec, NetworkSpec, SandboxSpec};
+use wharf::lab::probe;
+use wharf::sys::rtnl::Handle;
+
+use crate::check::{By, Checks};
+use crate::world::{CHECK_TIMEOUT, PUBLIC_NAME, World};
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn step(text: &str) {
+    println!("\n### {text}");
+}
+
+fn shell(who: &str, cmd: &str) {
+    println!("{who} $ {cmd}");
+}
+
+/// `docker network ls`.
+fn network_ls(w: &World) {
+    shell("host", "docker network ls");
+    println!("NETWORK ID     NAME         DRIVER    SCOPE");
+    for n in w.wharf.list_networks() {
+        println!(
+            "{:<14} {:<12} {:<9} {}",
+            &n.id[..12],
+            n.name,
+            n.driver,
+            n.scope
+        );
+    }
+}
+
+/// `docker network inspect NAME`.
+fn inspect(w: &World, net: &str) -> Result {
+    shell("host", &format!("docker network inspect {net}"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&[w.wharf.inspect_network(net)?])?
+    );
+    Ok(())
+}
+
+/// `ip addr show` inside a container.
+async fn ip_addr(w: &World, sandbox: &str) -> Result {
+    shell(sandbox, "ip addr show");
+    let ns = w.wharf.sandbox_netns(sandbox)?;
+    let h = Handle::in_netns(&ns).await?;
+    let mut links = h.link().list().await?;
+    links.sort_by_key(|l| l.index);
+    for l in links {
+        let state = if l.up { "UP" } else { "DOWN" };
+        println!("{}: {}: <{state}> mtu {}", l.index, l.name, l.mtu);
+        if let Some(mac) = l.mac {
+            println!("    link/ether {mac}");
+        }
+        for a in h.address().list_on(l.index).await? {
+            let family = if a.addr.is_ipv4() { "inet" } else { "inet6" };
+            println!("    {family} {}", a.addr);
+        }
+    }
+    Ok(())
+}
+
+/// Pings `to` from `from` the way the container would: by name through its resolv.conf, or by
+/// address. Prints ping-like output and records the check.
+async fn ping(
+    w: &World,
+    checks: &Checks,
+    scenario: &str,
+    from: &str,
+    to: &str,
+    by: By,
+    expected: bool,
+) -> Result {
+    let ns = w.wharf.sandbox_netns(from)?;
+    let (target, shown) = match by {
+        By::Name => {
+            let rc = w.wharf.sandbox(from)?.files.resolv_conf;
+            (
+                probe::lookup(&ns, &rc, to, CHECK_TIMEOUT).await,
+                to.to_owned(),
+            )
+        }
+        By::Ip(ip) => (Some(ip), ip.to_string()),
+    };
+    shell(from, &format!("ping -c 1 {shown}"));
+    let got = match target {
+        None => {
+            println!("ping: bad address '{shown}'");
+            false
+        }
+        Some(ip) => match probe::ping(&ns, ip, CHECK_TIMEOUT).await {
+            Ok(rtt) => {
+                println!(
+                    "64 bytes from {ip}: seq=0 ttl=64 time={:.3} ms",
+                    rtt.as_secs_f64() * 1e3
+                );
+                true
+            }
+            Err(e) => {
+                println!("PING {shown} ({ip}): 1 packets transmitted, 0 received ({e})");
+                false
+            }
+        },
+    };
+    let by = match (&by, target) {
+        (By::Name, _) => By::Name,
+        (By::Ip(ip), _) => By::Ip(*ip),
+    };
+    checks.record(scenario, from, to, by, got, expected);
+    Ok(())
+}
+
+fn ipv4_of(w: &World, sandbox: &str, net: &str) -> Result<IpAddr> {
+    let ep = w.wharf.endpoint(sandbox, net)?;
+    Ok(ep.ipv4.ok_or("no IPv4 address")?.into())
+}
+
+/// Scenario 1: the default bridge network.
+pub async fn bridge_default(w: &World, checks: &Checks) -> Result {
+    let s = "bridge-default";
+    println!("\n## Scenario 1: the default bridge network");
+    step("1. List networks");
+    network_ls(w);
+    step("2. Start alpine1 and alpine2 on the default bridge");
+    for name in ["alpine1", "alpine2"] {
+        shell("host", &format!("docker run -dit --name {name} alpine ash"));
+        w.wharf.create_sandbox(SandboxSpec::new(name)).await?;
+        w.wharf
+            .connect(name, "bridge", EndpointSpec::default())
+            .await?;
+    }
+    step("3. Inspect the bridge network");
+    inspect(w, "bridge")?;
+    step("4. Inside alpine1");
+    ip_addr(w, "alpine1").await?;
+    if !w.real_host {
+        step("5. alpine1 reaches the outside through the host's NAT");
+        ping(w, checks, s, "alpine1", PUBLIC_NAME, By::Name, true).await?;
+    }
+    step("6. alpine1 pings alpine2 by IP (works) and by name (the default bridge has no names)");
+    let a2 = ipv4_of(w, "alpine2", "bridge")?;
+    ping(w, checks, s, "alpine1", "alpine2", By::Ip(a2), true).await?;
+    ping(w, checks, s, "alpine1", "alpine2", By::Name, false).await?;
+    step("7. Stop and remove both containers");
+    for name in ["alpine1", "alpine2"] {
+        w.wharf.delete_sandbox(name).await?;
+    }
+    Ok(())
+}
+
+/// Scenario 2: a user-defined bridge network.
+pub async fn bridge_user(w: &World, checks: &Checks) -> Result {
+    let s = "bridge-user";
+    println!("\n## Scenario 2: a user-defined bridge network");
+    step("1. Create alpine-net");
+    shell("host", "docker network create --driver bridge alpine-net");
+    w.wharf
+        .create_network(NetworkSpec::new("alpine-net"))
+        .await?;
+    inspect(w, "alpine-net")?;
+    step("2. alpine1, alpine2, alpine4 on alpine-net; alpine3 on bridge; alpine4 also on bridge");
+    for (name, net) in [
+        ("alpine1", "alpine-net"),
+        ("alpine2", "alpine-net"),
+        ("alpine3", "bridge"),
+        ("alpine4", "alpine-net"),
+    ] {
+        shell(
+            "host",
+            &format!("docker run -dit --name {name} --network {net} alpine ash"),
+        );
+        w.wharf.create_sandbox(SandboxSpec::new(name)).await?;
+        w.wharf.connect(name, net, EndpointSpec::default()).await?;
+    }
+    shell("host", "docker network connect bridge alpine4");
+    w.wharf
+        .connect("alpine4", "bridge", EndpointSpec::default())
+        .await?;
+    step("3. Inspect both networks");
+    inspect(w, "bridge")?;
+    inspect(w, "alpine-net")?;
+    ip_addr(w, "alpine4").await?;
+
+    step("4. Reachability, every ordered pair, by name and by each address");
+    // TUTORIALS.md, scenario 2, step 4. Per destination: (by name, [(network, by ip)]).
+    let all = ["alpine1", "alpine2", "alpine3", "alpine4"];
+    let expect = |from: &str, to: &str| -> (bool, Vec<(&'static str, bool)>) {
+        let user = |a: &str| a != "alpine3";
+        match to {
+            "alpine4" => (
+                user(from),
+                vec![
+                    ("alpine-net", user(from)),
+                    ("bridge", !user(from) || from == "alpine4"),
+                ],
+            ),
+            "alpine3" => (false, vec![("bridge", from == "alpine4")]),
+            _ => (user(from), vec![("alpine-net", user(from))]),
+        }
+    };
+    for from in all {
+        for to in all {
+            if from == to {
+                continue;
+            }
+            let (by_name, by_ip) = expect(from, to);
+            ping(w, checks, s, from, to, By::Name, by_name).await?;
+            for (net, ok) in by_ip {
+                let ip = ipv4_of(w, to, net)?;
+                ping(w, checks, s, from, to, By::Ip(ip), ok).await?;
+            }
+        }
+    }
+    if !w.real_host {
+        step("5. Every container still reaches the outside (NAT)");
+        for from in all {
+            ping(w, checks, s, from, PUBLIC_NAME, By::Name, true).await?;
+        }
+    }
+    step("6. Remove the containers and alpine-net");
+    for name in all {
+        w.wharf.delete_sandbox(name).await?;
+    }
+    w.wharf.delete_network("alpine-net").await?;
+    Ok(())
+}
+
+/// Scenario 3: host networking.
+pub async fn host(w: &World, checks: &Checks) -> Result {
+    let s = "host";
+    println!("\n## Scenario 3: host networking");
+    step("1. A web server on the host network: no namespace, interface or address of its own");
+    shell(
+        "host",
+        "docker run --rm -d --network host --name my_nginx nginx",
+    );
+    w.wharf
+        .create_sandbox(SandboxSpec::host("my_nginx"))
+        .await?;
+    let ep = w
+        .wharf
+        .connect("my_nginx", "host", EndpointSpec::default())
+        .await?;
+    let ns = w.wharf.sandbox_netns("my_nginx")?;
+    println!(
+        "my_nginx: namespace is the host's: {}; own address: {:?}",
+        ns == w.host,
+        ep.ipv4
+    );
+    let server = probe::serve_tcp(&ns, "0.0.0.0:80".parse()?, "HTTP/1.1 200 OK (nginx)").await?;
+    step("2. Port 80 is served on the host's addresses");
+    shell("outside", "curl http://192.0.2.1:80/");
+    let got = match probe::tcp_connect(&w.outside, "192.0.2.1:80".parse()?, CHECK_TIMEOUT).await {
+        Ok(reply) => {
+            println!("{reply}");
+            true
+        }
+        Err(e) => {
+            println!("curl: {e}");
+            false
+        }
+    };
+    checks.record(
+        s,
+        "outside",
+        "my_nginx",
+        By::Ip("192.0.2.1".parse()?),
+        got,
+        true,
+    );
+    step("3. Stop it: nothing remains");
+    drop(server);
+    w.wharf.delete_sandbox("my_nginx").await?;
+    Ok(())
+}
+
+/// Scenario 5: macvlan, containers as machines on the host's LAN.
+pub async fn macvlan(w: &World, checks: &Checks) -> Result {
+    use wharf::driver::{DriverOptions, MacvlanOptions};
+    use wharf::ipam::IpamConfig;
+    use wharf::sys::rtnl::{LinkSpec, VethPeer};
+    let s = "macvlan";
+    println!("\n## Scenario 5: macvlan");
+    step(
+        "The LAN: a switch with the router (192.168.50.1) and a PC (192.168.50.10); the host's uplink0 is plugged in",
+    );
+    let lan_ns = w.lab.namespace("lan").await?;
+    let lan = Handle::in_netns(&lan_ns).await?;
+    lan.link().add(LinkSpec::bridge("switch").up()).await?;
+    let switch = lan.link().get("switch").await?.index;
+    lan.address()
+        .add(switch, "192.168.50.1/24".parse()?)
+        .await?;
+    lan.link()
+        .add(
+            LinkSpec::veth("port-host")
+                .peer(VethPeer::new("uplink0").netns(&w.host))
+                .master(switch)
+                .up(),
+        )
+        .await?;
+    let host = Handle::in_netns(&w.host).await?;
+    let uplink = host.link().get("uplink0").await?.index;
+    host.link().set_up(uplink).await?;
+    let pc = w.lab.namespace("pc").await?;
+    lan.link()
+        .add(
+            LinkSpec::veth("port-pc")
+                .peer(VethPeer::new("eth0").netns(&pc))
+                .master(switch)
+                .up(),
+        )
+        .await?;
+    let pch = Handle::in_netns(&pc).await?;
+    let eth0 = pch.link().get("eth0").await?.index;
+    pch.address().add(eth0, "192.168.50.10/24".parse()?).await?;
+    pch.link().set_up(eth0).await?;
+
+    step("1. Create a macvlan network on uplink0");
+    shell(
+        "host",
+        "docker network create -d macvlan --subnet 192.168.50.0/24 --ip-range 192.168.50.128/25 \
+         --gateway 192.168.50.1 --aux-address pc=192.168.50.10 -o parent=uplink0 my-macvlan-net",
+    );
+    let opts = MacvlanOptions {
+        parent: Some("uplink0".into()),
+        ..MacvlanOptions::default()
+    };
+    let spec = NetworkSpec::new("my-macvlan-net")
+        .driver(DriverOptions::Macvlan(opts))
+        .ipam(
+            IpamConfig::new()
+                .with_subnet("192.168.50.0/24".parse()?)
+                .with_ip_range("192.168.50.128/25".parse()?)
+                .with_gateway("192.168.50.1".parse()?)
+                .with_aux_address("pc", "192.168.50.10".parse()?),
+        );
+    w.wharf.create_network(spec).await?;
+    step("2. alpine1 and alpine2 on it");
+    for name in ["alpine1", "alpine2"] {
+        shell(
+            "host",
+            &format!("docker run -dit --name {name} --network my-macvlan-net alpine ash"),
+        );
+        w.wharf.create_sandbox(SandboxSpec::new(name)).await?;
+        w.wharf
+            .connect(name, "my-macvlan-net", EndpointSpec::default())
+            .await?;
+    }
+    inspect(w, "my-macvlan-net")?;
+    ip_addr(w, "alpine1").await?;
+
+    step("3. They reach each other, the router and the PC directly on the LAN");
+    let a2 = ipv4_of(w, "alpine2", "my-macvlan-net")?;
+    ping(w, checks, s, "alpine1", "alpine2", By::Ip(a2), true).await?;
+    ping(w, checks, s, "alpine1", "alpine2", By::Name, true).await?;
+    ping(
+        w,
+        checks,
+        s,
+        "alpine1",
+        "router",
+        By::Ip("192.168.50.1".parse()?),
+        true,
+    )
+    .await?;
+    ping(
+        w,
+        checks,
+        s,
+        "alpine1",
+        "pc",
+        By::Ip("192.168.50.10".parse()?),
+        true,
+    )
+    .await?;
+    step(
+        "4. The host cannot reach its own macvlan containers through the parent (a kernel property)",
+    );
+    let a1 = ipv4_of(w, "alpine1", "my-macvlan-net")?;
+    let host_ip = "192.168.50.3/24".parse()?;
+    host.address().add(uplink, host_ip).await?;
+    shell("host", &format!("ping -c 1 {a1}"));
+    let got = probe::can_ping(&w.host, a1, CHECK_TIMEOUT).await;
+    println!("{}", if got { "reached" } else { "no reply" });
+    checks.record(s, "host", "alpine1", By::Ip(a1), got, false);
+    step("5. Clean up");
+    for name in ["alpine1", "alpine2"] {
+        w.wharf.delete_sandbox(name).await?;
+    }
+    w.wharf.delete_network("my-macvlan-net").await?;
+    Ok(())
+}
