@@ -402,6 +402,8 @@ pub(crate) struct Cluster {
     nets: Mutex<HashMap<String, Arc<tokio::sync::Mutex<NetState>>>>,
     /// Dropped with the controller: the watcher stops.
     shutdown: tokio::sync::watch::Sender<()>,
+    /// Set when programming a network failed: the watcher retries from the kernel.
+    retry: std::sync::atomic::AtomicBool,
 }
 
 impl Cluster {
@@ -418,6 +420,7 @@ impl Cluster {
             mirror: Mutex::new(Mirror::default()),
             nets: Mutex::new(HashMap::new()),
             shutdown,
+            retry: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -886,7 +889,10 @@ impl Controller {
             _ => match driver.peer_entries(&info).await {
                 Ok(entries) => entries.map(|e| e.into_iter().collect::<BTreeSet<_>>()),
                 Err(e) => {
-                    tracing::warn!(network = %info.name, error = %e, "reading the overlay's entries");
+                    tracing::warn!(network = %info.name, error = %e, "reading the overlay's entries; will retry");
+                    cluster
+                        .retry
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     None
                 }
             },
@@ -907,8 +913,11 @@ impl Controller {
                 match done {
                     Ok(()) => st.programmed = Some(desired),
                     Err(e) => {
-                        tracing::warn!(network = %info.name, error = %e, "programming overlay peers; will read the kernel again");
+                        tracing::warn!(network = %info.name, error = %e, "programming overlay peers; will retry from the kernel");
                         st.programmed = None;
+                        cluster
+                            .retry
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
             }
@@ -1046,6 +1055,34 @@ impl Controller {
         }
     }
 
+    /// Reconciles every known network from the kernel again, after a failure.
+    async fn retry_failed(&self) {
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        if !cluster
+            .retry
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let ids: Vec<String> = cluster
+            .nets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for id in ids {
+            self.reconcile(&id, true).await;
+        }
+    }
+
+    fn retry_pending(&self) -> bool {
+        self.cluster()
+            .is_some_and(|c| c.retry.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     /// The nodes with endpoints on a cluster network and their underlay addresses.
     pub(crate) fn cluster_peers(&self, network_id: &str) -> BTreeSet<(String, IpAddr)> {
         match self.cluster() {
@@ -1055,20 +1092,29 @@ impl Controller {
     }
 }
 
-/// The watcher: applies events; on a lost watch, resynchronises. Holds the controller only
-/// while handling something, and stops when the controller is dropped.
+/// The watcher: applies events; on a lost watch, resynchronises; after a failure to program
+/// the kernel, retries from the kernel every [`RETRY_DELAY`]. Holds the controller only while
+/// handling something, and stops when the controller is dropped.
 async fn watch_loop(
     weak: Weak<Inner>,
     mut stream: WatchStream,
     mut shutdown: tokio::sync::watch::Receiver<()>,
 ) {
     loop {
+        let retry = weak
+            .upgrade()
+            .is_some_and(|inner| Controller { inner }.retry_pending());
         let next = tokio::select! {
             _ = shutdown.changed() => return,
-            next = stream.next() => next,
+            next = stream.next() => Some(next),
+            _ = tokio::time::sleep(RETRY_DELAY), if retry => None,
         };
         let Some(inner) = weak.upgrade() else { return };
         let controller = Controller { inner };
+        let Some(next) = next else {
+            controller.retry_failed().await;
+            continue;
+        };
         match next {
             Some(Ok(event)) => {
                 controller.on_event(event).await;
