@@ -512,3 +512,52 @@ fn the_state_directory_is_private() {
     }
     drop(w);
 }
+
+#[tokio::test]
+async fn ipv6_subnets_when_enabled() {
+    let w = World::new().await;
+    let net = w
+        .wharf
+        .create_network(NetworkSpec::new("dual").ipv6())
+        .await
+        .unwrap();
+    assert!(net.enable_ipv6);
+    let v6 = &net.ipam.config[1];
+    assert!(
+        v6.subnet.starts_with("fd") && v6.subnet.ends_with("/64"),
+        "{v6:?}"
+    );
+    for name in ["a", "b"] {
+        w.run(name, "dual").await;
+    }
+    let b = w.wharf.endpoint("b", "dual").unwrap();
+    let b6 = b.ipv6.expect("an IPv6 address");
+    let a = w.wharf.sandbox_netns("a").unwrap();
+    probe::ping(&a, b6.into(), probe::DEFAULT_TIMEOUT)
+        .await
+        .unwrap();
+    let gw6: std::net::IpAddr = v6.gateway.as_deref().unwrap().parse().unwrap();
+    probe::ping(&a, gw6, probe::DEFAULT_TIMEOUT).await.unwrap();
+    let inspect = w.wharf.inspect_network("dual").unwrap();
+    let c = inspect.containers.values().find(|c| c.name == "b").unwrap();
+    assert_eq!(c.ipv6_address, format!("{b6}/64"));
+}
+
+#[tokio::test]
+async fn mtu_option_reaches_the_containers() {
+    let w = World::new().await;
+    let opts = wharf::driver::BridgeOptions {
+        mtu: Some(1400),
+        ..Default::default()
+    };
+    w.wharf
+        .create_network(
+            NetworkSpec::new("small").driver(wharf::driver::DriverOptions::Bridge(opts)),
+        )
+        .await
+        .unwrap();
+    w.run("c", "small").await;
+    let ns = w.wharf.sandbox_netns("c").unwrap();
+    let h = wharf::sys::rtnl::Handle::in_netns(&ns).await.unwrap();
+    assert_eq!(h.link().get("eth0").await.unwrap().mtu, 1400);
+}

@@ -117,6 +117,23 @@ pub enum Error {
         /// The sandbox.
         sandbox: String,
     },
+    /// A host port is already published by another endpoint.
+    #[error(
+        "{protocol} port {host_port}{} is already published by sandbox {owner:?} on network {network:?}",
+        host_ip.map(|ip| format!(" on {ip}")).unwrap_or_default()
+    )]
+    PortAlreadyPublished {
+        /// TCP or UDP.
+        protocol: crate::driver::Protocol,
+        /// The first host port of the request that clashes.
+        host_port: u16,
+        /// The host address it was asked for (`None`: every address).
+        host_ip: Option<std::net::IpAddr>,
+        /// The sandbox that publishes it.
+        owner: String,
+        /// The network of the owner's endpoint.
+        network: String,
+    },
     /// One of the networks wharf creates itself (`bridge`, `host`, `none`).
     #[error("network {network:?} is predefined and cannot be removed")]
     Predefined {

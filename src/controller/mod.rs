@@ -29,6 +29,7 @@ pub mod files;
 pub mod inspect;
 mod model;
 mod names;
+mod ports;
 mod records;
 
 use std::collections::HashMap;
@@ -163,6 +164,9 @@ struct Inner {
     sandbox_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Cluster mode: the shared store's networks and endpoints, and the watcher's state.
     cluster: Option<cluster::Cluster>,
+    /// Serialises connects that publish ports, from the check that a host port is free to the
+    /// record that takes it.
+    ports_lock: tokio::sync::Mutex<()>,
 }
 
 const KEY_NETWORKS: &str = "wharf/v1/networks/";
@@ -247,6 +251,7 @@ impl Controller {
                 network_lock: tokio::sync::Mutex::new(()),
                 sandbox_locks: Mutex::new(HashMap::new()),
                 cluster,
+                ports_lock: tokio::sync::Mutex::new(()),
             }),
         };
         controller.restore_drivers();
@@ -756,6 +761,14 @@ impl Controller {
                 return Err(invalid(format!("{mac} is not a unicast MAC address")));
             }
         }
+        let _ports_guard = if spec.ports.is_empty() {
+            None
+        } else {
+            ports::validate(&spec.ports).map_err(invalid)?;
+            let guard = self.inner.ports_lock.lock().await;
+            self.check_ports_free(&spec.ports, &info.options)?;
+            Some(guard)
+        };
         let driver = self.driver(kind)?;
         let (live_ns, handle) = {
             let live = self.live();
@@ -1132,6 +1145,44 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// Fails with [`Error::PortAlreadyPublished`], naming the owner, if another endpoint
+    /// publishes one of the host ports `wanted` asks for (on a network with `options`).
+    fn check_ports_free(
+        &self,
+        wanted: &[crate::driver::PortMapping],
+        options: &DriverOptions,
+    ) -> Result<()> {
+        let records = self.records();
+        for ep in records
+            .endpoints
+            .values()
+            .filter(|e| !e.info.ports.is_empty())
+        {
+            let Some(net) = records.networks.get(&ep.network_id) else {
+                continue;
+            };
+            for have in &ep.info.ports {
+                let have_ip = ports::effective_host_ip(have, &net.info.options);
+                for want in wanted {
+                    let want_ip = ports::effective_host_ip(want, options);
+                    if ports::clash(have, have_ip, want, want_ip) {
+                        return Err(Error::PortAlreadyPublished {
+                            protocol: want.protocol,
+                            host_port: want.host_port,
+                            host_ip: want_ip,
+                            owner: records
+                                .sandboxes
+                                .get(&ep.sandbox_id)
+                                .map_or_else(|| ep.sandbox_id.clone(), |sb| sb.name.clone()),
+                            network: net.info.name.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The endpoint of a sandbox on a network.

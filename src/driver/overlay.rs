@@ -355,6 +355,19 @@ impl Driver for OverlayDriver {
         Ok(())
     }
 
+    fn validate_endpoint(&self, net: &NetworkInfo, ep: &EndpointInfo) -> Result<(), DriverError> {
+        if !ep.ports.is_empty() {
+            return Err(DriverError::Unsupported {
+                network: net.name.clone(),
+                driver: DriverKind::Overlay,
+                reason: "published ports need the gateway bridge or the routing mesh, which \
+                         overlays do not have yet"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Nothing in the kernel: the data plane is made on this host with the first endpoint.
     async fn create_network(&self, net: &NetworkInfo) -> Result<(), DriverError> {
         options(net)?;

@@ -160,6 +160,25 @@ impl SysError {
         }
     }
 
+    /// The same error with `context` before the operation it names, for callers that know
+    /// what the operation was for: `publishing tcp port 8080 of endpoint "c1": adding 1 element
+    /// to map "tcp4_any" of table inet "wharf": busy`.
+    pub fn within(mut self, context: impl std::fmt::Display) -> Self {
+        let what = match &mut self {
+            Self::AlreadyExists { what }
+            | Self::NotFound { what }
+            | Self::Busy { what }
+            | Self::PermissionDenied { what }
+            | Self::NotSupported { what }
+            | Self::InvalidArgument { what }
+            | Self::InvalidName { what, .. }
+            | Self::Kernel { what, .. }
+            | Self::Protocol { what, .. } => what,
+        };
+        *what = format!("{context}: {what}");
+        self
+    }
+
     /// True when the object did not exist; deletions treat this as success where asked to.
     pub fn is_not_found(&self) -> bool {
         self.kind() == SysErrorKind::NotFound
@@ -197,6 +216,17 @@ mod tests {
                 "errno {errno}"
             );
         }
+    }
+
+    #[test]
+    fn context_goes_first() {
+        let e = SysError::from_errno("adding 1 element to map \"m\"", libc::EBUSY)
+            .within("publishing tcp port 80");
+        assert_eq!(
+            e.to_string(),
+            "publishing tcp port 80: adding 1 element to map \"m\": busy"
+        );
+        assert_eq!(e.kind(), SysErrorKind::Busy);
     }
 
     #[test]

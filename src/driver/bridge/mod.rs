@@ -5,6 +5,14 @@
 //! enslaved to the bridge and brought up in the same netlink request: no create-then-move, no
 //! rename. Deleting the host end deletes the pair, which is also what the kernel does by itself
 //! when the sandbox's namespace disappears.
+//!
+//! The host side of a network (IP forwarding, NAT, isolation, published ports) is the
+//! [`firewall`]'s: creating a network enables forwarding in the host namespace and adds the
+//! network to wharf's nftables tables; connecting an endpoint publishes its ports there.
+
+pub mod firewall;
+
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
@@ -14,8 +22,9 @@ use super::{
     BridgeOptions, Driver, DriverError, DriverKind, DriverOptions, EndpointInfo, Joined,
     NetworkInfo, SandboxContext,
 };
-use crate::sys::SysError;
 use crate::sys::rtnl::{Handle, LinkSpec, MacAddr, VethPeer, validate_ifname};
+use crate::sys::{SysError, sysctl};
+use firewall::{Firewall, FwNetwork, FwPort};
 
 /// The bridge device of the default `bridge` network (Docker's is `docker0`; wharf's differs so
 /// both can live on one host).
@@ -25,13 +34,38 @@ pub const DEFAULT_BRIDGE_NAME: &str = "wharf0";
 #[derive(Debug, Clone)]
 pub struct BridgeDriver {
     host: Handle,
+    firewall: Arc<Firewall>,
 }
 
 impl BridgeDriver {
-    /// A bridge driver whose bridges live in the namespace of `host`.
+    /// A bridge driver whose bridges (and firewall) live in the namespace of `host`.
     pub fn new(host: Handle) -> Self {
-        Self { host }
+        let firewall = Arc::new(Firewall::new(host.netns().clone()));
+        Self { host, firewall }
     }
+
+    /// The firewall this driver programs.
+    pub fn firewall(&self) -> &Firewall {
+        &self.firewall
+    }
+
+    /// The host-namespace sysctls a network needs: forwarding, and `route_localnet` on the
+    /// bridge so that the host's 127.0.0.1 reaches published ports (see [`firewall`]).
+    async fn enable_forwarding(&self, net: &NetworkInfo, bridge: &str) -> Result<(), SysError> {
+        let mut keys = vec![("net/ipv4/ip_forward".to_owned(), "1")];
+        if net.ipv6().is_some() {
+            keys.push(("net/ipv6/conf/all/forwarding".to_owned(), "1"));
+        }
+        if !net.internal {
+            keys.push((format!("net/ipv4/conf/{bridge}/route_localnet"), "1"));
+        }
+        let pairs: Vec<(&str, &str)> = keys.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        sysctl::write_many(self.host.netns(), &pairs).await
+    }
+}
+
+fn is_isolated(net: &NetworkInfo) -> bool {
+    matches!(&net.options, DriverOptions::Bridge(o) if !o.icc())
 }
 
 fn options(net: &NetworkInfo) -> Result<&BridgeOptions, DriverError> {
@@ -96,6 +130,13 @@ impl Driver for BridgeDriver {
             reason,
         };
         validate_ifname(&bridge_name(net)).map_err(|e| invalid(e.to_string()))?;
+        if let Some(ip) = opts.host_binding_ip {
+            if ip.is_loopback() || ip.is_multicast() {
+                return Err(invalid(format!(
+                    "host_binding_ip {ip} cannot publish ports"
+                )));
+            }
+        }
         if let Some(mtu) = opts.mtu {
             if !(68..=65535).contains(&mtu) {
                 return Err(invalid(format!("mtu {mtu} is outside 68..=65535")));
@@ -131,7 +172,8 @@ impl Driver for BridgeDriver {
                     self.host.address().add(bridge.index, addr).await?;
                 }
             }
-            Ok(())
+            self.enable_forwarding(net, &name).await?;
+            self.firewall.add_network(&FwNetwork::of(net)).await
         }
         .await;
         if let Err(e) = configured {
@@ -145,11 +187,33 @@ impl Driver for BridgeDriver {
     }
 
     async fn delete_network(&self, net: &NetworkInfo) -> Result<(), DriverError> {
+        self.firewall
+            .remove_network(&FwNetwork::of(net))
+            .await
+            .map_err(DriverError::kernel(&net.name))?;
         match self.host.link().delete_by_name(&bridge_name(net)).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(DriverError::kernel(&net.name)(e)),
         }
+    }
+
+    fn validate_endpoint(&self, net: &NetworkInfo, ep: &EndpointInfo) -> Result<(), DriverError> {
+        if ep.ports.is_empty() {
+            return Ok(());
+        }
+        let unsupported = |reason: String| DriverError::Unsupported {
+            network: net.name.clone(),
+            driver: DriverKind::Bridge,
+            reason,
+        };
+        if net.internal {
+            return Err(unsupported(
+                "an internal network cannot publish ports".into(),
+            ));
+        }
+        FwPort::of_endpoint(net, ep).map_err(unsupported)?;
+        Ok(())
     }
 
     async fn join(
@@ -164,7 +228,22 @@ impl Driver for BridgeDriver {
         let bridge = links.get(&bridge_name(net)).await.map_err(kernel)?;
         let veth = host_veth_name(ep);
         let mtu = opts.mtu();
-        links
+        // An icc-off port is cut off before it exists: no moment of open traffic.
+        let isolated = is_isolated(net);
+        if isolated {
+            self.firewall
+                .isolate_port(&veth)
+                .await
+                .map_err(DriverError::kernel(&net.name))?;
+        }
+        let unisolate = async || {
+            if isolated {
+                if let Err(e) = self.firewall.release_port(&veth).await {
+                    tracing::warn!(veth = %veth, error = %e, "rollback of port isolation failed");
+                }
+            }
+        };
+        let added = links
             .add(
                 LinkSpec::veth(&veth)
                     .peer(
@@ -177,8 +256,11 @@ impl Driver for BridgeDriver {
                     .mtu(mtu)
                     .up(),
             )
-            .await
-            .map_err(DriverError::kernel(&net.name))?;
+            .await;
+        if let Err(e) = added {
+            unisolate().await;
+            return Err(DriverError::kernel(&net.name)(e));
+        }
         let inside = &sandbox.handle;
         let configured: Result<u32, SysError> = async {
             let link = inside.link().get(&ep.ifname).await?;
@@ -208,17 +290,82 @@ impl Driver for BridgeDriver {
                 if let Err(undo) = links.delete_by_name(&veth).await {
                     tracing::warn!(veth = %veth, error = %undo, "rollback of veth creation failed");
                 }
+                unisolate().await;
                 Err(DriverError::kernel(&net.name)(e))
             }
         }
     }
 
     async fn leave(&self, net: &NetworkInfo, ep: &EndpointInfo) -> Result<(), DriverError> {
-        match self.host.link().delete_by_name(&host_veth_name(ep)).await {
-            Ok(()) => Ok(()),
+        let veth = host_veth_name(ep);
+        match self.host.link().delete_by_name(&veth).await {
+            Ok(()) => {}
             // The pair is gone already: the sandbox's namespace was destroyed with it.
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(DriverError::kernel(&net.name)(e)),
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(DriverError::kernel(&net.name)(e)),
         }
+        if is_isolated(net) {
+            self.firewall
+                .release_port(&veth)
+                .await
+                .map_err(DriverError::kernel(&net.name))?;
+        }
+        Ok(())
     }
+
+    async fn program_external_connectivity(
+        &self,
+        net: &NetworkInfo,
+        ep: &EndpointInfo,
+    ) -> Result<(), DriverError> {
+        if ep.ports.is_empty() {
+            return Ok(());
+        }
+        let ports = FwPort::of_endpoint(net, ep).map_err(|reason| DriverError::Unsupported {
+            network: net.name.clone(),
+            driver: DriverKind::Bridge,
+            reason,
+        })?;
+        // A container reaching its own published port through the host: with br_netfilter,
+        // the DNATed frame is bridged back out of the port it came in on.
+        let links = self.host.link();
+        let veth = links
+            .get(&host_veth_name(ep))
+            .await
+            .map_err(DriverError::kernel(&net.name))?;
+        links
+            .set_hairpin(veth.index, true)
+            .await
+            .map_err(DriverError::kernel(&net.name))?;
+        self.firewall.publish(&ports).await.map_err(|e| {
+            DriverError::kernel(&net.name)(e.within(format!(
+                "publishing the ports of endpoint {}",
+                short(&ep.id)
+            )))
+        })
+    }
+
+    async fn revoke_external_connectivity(
+        &self,
+        net: &NetworkInfo,
+        ep: &EndpointInfo,
+    ) -> Result<(), DriverError> {
+        if ep.ports.is_empty() {
+            return Ok(());
+        }
+        // Ports that could not have been published were never published.
+        let Ok(ports) = FwPort::of_endpoint(net, ep) else {
+            return Ok(());
+        };
+        self.firewall.unpublish(&ports).await.map_err(|e| {
+            DriverError::kernel(&net.name)(e.within(format!(
+                "withdrawing the ports of endpoint {}",
+                short(&ep.id)
+            )))
+        })
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }

@@ -6,9 +6,9 @@
 //! [`Rule`](super::Rule) builder turns nft-like matches (`ip saddr 10.0.0.0/24`) into these.
 //!
 //! `netlink-packet-netfilter` encodes meta, payload, cmp, bitwise, lookup and immediate; the
-//! expressions it lacks (nat, masq, redir, ct, counter) are encoded here with typed attributes
-//! ([`NatAttr`], [`MasqAttr`], [`RedirAttr`], [`CtAttr`], [`CounterAttr`]) that implement
-//! netlink-packet-core's `Nla` and `Parseable`.
+//! expressions it lacks (nat, masq, redir, ct, counter, fib) are encoded here with typed
+//! attributes ([`NatAttr`], [`MasqAttr`], [`RedirAttr`], [`CtAttr`], [`CounterAttr`],
+//! [`FibAttr`]) that implement netlink-packet-core's `Nla` and `Parseable`.
 
 use netlink_packet_core::{
     DecodeError, DefaultNla, Emitable, Nla, NlaBuffer, NlasIterator, Parseable, emit_u32_be,
@@ -340,6 +340,95 @@ impl std::ops::BitOr for CtState {
     }
 }
 
+/// Connection status bits (`IPS_*`), as `ct status` matches them (`ct status dnat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct CtStatus(pub u32);
+
+impl CtStatus {
+    /// `expected`
+    pub const EXPECTED: CtStatus = CtStatus(1);
+    /// `seen-reply`
+    pub const SEEN_REPLY: CtStatus = CtStatus(2);
+    /// `assured`
+    pub const ASSURED: CtStatus = CtStatus(4);
+    /// `confirmed`
+    pub const CONFIRMED: CtStatus = CtStatus(8);
+    /// `snat`: the connection's source is translated.
+    pub const SNAT: CtStatus = CtStatus(16);
+    /// `dnat`: the connection's destination is translated.
+    pub const DNAT: CtStatus = CtStatus(32);
+}
+
+impl std::ops::BitOr for CtStatus {
+    type Output = CtStatus;
+    fn bitor(self, rhs: CtStatus) -> CtStatus {
+        CtStatus(self.0 | rhs.0)
+    }
+}
+
+/// What a `fib` expression looks up with (`NFTA_FIB_F_*`): `fib daddr` is [`FibFlags::DADDR`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct FibFlags(pub u32);
+
+impl FibFlags {
+    /// `saddr`
+    pub const SADDR: FibFlags = FibFlags(1);
+    /// `daddr`
+    pub const DADDR: FibFlags = FibFlags(2);
+    /// `mark`
+    pub const MARK: FibFlags = FibFlags(4);
+    /// `iif`
+    pub const IIF: FibFlags = FibFlags(8);
+    /// `oif`
+    pub const OIF: FibFlags = FibFlags(16);
+    /// `present` (result is a boolean: a route exists)
+    pub const PRESENT: FibFlags = FibFlags(32);
+}
+
+impl std::ops::BitOr for FibFlags {
+    type Output = FibFlags;
+    fn bitor(self, rhs: FibFlags) -> FibFlags {
+        FibFlags(self.0 | rhs.0)
+    }
+}
+
+/// What a `fib` expression returns (`NFT_FIB_RESULT_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FibResult {
+    /// The output interface index (`oif`), 4 bytes.
+    Oif,
+    /// The output interface name (`oifname`), 16 bytes.
+    OifName,
+    /// The route type of the address (`type`: `RTN_LOCAL`, `RTN_UNICAST`...), 4 bytes host
+    /// order.
+    AddrType,
+    /// Any other result, by number.
+    Other(u32),
+}
+
+impl FibResult {
+    fn to_u32(self) -> u32 {
+        match self {
+            Self::Oif => 1,
+            Self::OifName => 2,
+            Self::AddrType => 3,
+            Self::Other(n) => n,
+        }
+    }
+    fn from_u32(n: u32) -> Self {
+        match n {
+            1 => Self::Oif,
+            2 => Self::OifName,
+            3 => Self::AddrType,
+            n => Self::Other(n),
+        }
+    }
+}
+
+/// `RTN_LOCAL`: the route type of the host's own addresses (`fib daddr type local`).
+pub const RTN_LOCAL: u32 = 2;
+
 /// Source or destination NAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum NatKind {
@@ -521,6 +610,15 @@ pub enum Expr {
         /// Registers holding a port range, if any.
         proto: Option<RegRange>,
     },
+    /// `fib FLAGS RESULT => dreg`: a routing lookup (`fib daddr type`).
+    Fib {
+        /// What the lookup uses.
+        flags: FibFlags,
+        /// What it returns.
+        result: FibResult,
+        /// Where to.
+        dreg: Reg,
+    },
     /// An expression wharf does not model, kept as its name and raw attributes.
     Other {
         /// Expression name (`fib`, `limit`, ...).
@@ -629,6 +727,18 @@ u32_attrs! {
         /// `NFTA_REDIR_REG_PROTO_MAX`
         RegProtoMax = 2,
         /// `NFTA_REDIR_FLAGS`
+        Flags = 3,
+    }
+}
+
+u32_attrs! {
+    /// Attributes of the `fib` expression (`NFTA_FIB_*`).
+    FibAttr {
+        /// `NFTA_FIB_DREG`
+        Dreg = 1,
+        /// `NFTA_FIB_RESULT`
+        Result = 2,
+        /// `NFTA_FIB_FLAGS`
         Flags = 3,
     }
 }
@@ -788,6 +898,7 @@ impl Expr {
             Self::Nat { .. } => "nat",
             Self::Masquerade { .. } => "masq",
             Self::Redirect { .. } => "redir",
+            Self::Fib { .. } => "fib",
             Self::Other { name, .. } => name,
         }
     }
@@ -915,6 +1026,18 @@ impl Expr {
                     attrs.push(RedirAttr::Flags(flags.0));
                 }
                 other("redir", attrs.iter().map(to_default).collect())
+            }
+            Self::Fib {
+                flags,
+                result,
+                dreg,
+            } => {
+                let attrs = [
+                    FibAttr::Dreg(dreg.0),
+                    FibAttr::Result(result.to_u32()),
+                    FibAttr::Flags(flags.0),
+                ];
+                other("fib", attrs.iter().map(to_default).collect())
             }
             Self::Other { name, data } => {
                 let attrs = NlasIterator::new(data.as_slice())
@@ -1162,6 +1285,22 @@ fn decode_other(name: &str, attrs: &[DefaultNla]) -> Option<Expr> {
             Expr::Masquerade {
                 flags,
                 proto: range(pmin, pmax),
+            }
+        }
+        "fib" => {
+            let (mut flags, mut result, mut dreg) = (FibFlags(0), None, None);
+            for a in from_defaults::<FibAttr>(attrs).ok()? {
+                match a {
+                    FibAttr::Flags(f) => flags = FibFlags(f),
+                    FibAttr::Result(r) => result = Some(FibResult::from_u32(r)),
+                    FibAttr::Dreg(r) => dreg = Some(Reg(r)),
+                    _ => return None,
+                }
+            }
+            Expr::Fib {
+                flags,
+                result: result?,
+                dreg: dreg?,
             }
         }
         "redir" => {

@@ -59,8 +59,9 @@ use tokio::sync::Mutex;
 pub use batch::Batch;
 pub use chain::{BaseChain, Chain, ChainType, Hook, Policy, priority};
 pub use expr::{
-    CmpOp, CounterAttr, CtAttr, CtKey, CtState, Expr, IpVersion, MasqAttr, MetaKey, NatAttr,
-    NatFlags, NatKind, PayloadBase, RedirAttr, Reg, RegRange, Verdict,
+    CmpOp, CounterAttr, CtAttr, CtKey, CtState, CtStatus, Expr, FibAttr, FibFlags, FibResult,
+    IpVersion, MasqAttr, MetaKey, NatAttr, NatFlags, NatKind, PayloadBase, RTN_LOCAL, RedirAttr,
+    Reg, RegRange, Verdict,
 };
 pub use rule::{Field, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Rule};
 pub use set::{DataType, Elem, ElemData, IFNAMSIZ, KeyType, MapData, Set, Value, ifname_bytes};

@@ -12,8 +12,8 @@ use netlink_packet_netfilter::nftables::RuleAttribute;
 use serde::{Deserialize, Serialize};
 
 use super::expr::{
-    CmpOp, CtKey, CtState, Expr, IpVersion, MetaKey, NatFlags, NatKind, PayloadBase, Reg, RegRange,
-    Verdict,
+    CmpOp, CtKey, CtState, CtStatus, Expr, FibFlags, FibResult, IpVersion, MetaKey, NatFlags,
+    NatKind, PayloadBase, RTN_LOCAL, Reg, RegRange, Verdict,
 };
 use super::set::{DataType, KeyType, Value};
 use super::table::{Family, Table};
@@ -397,6 +397,48 @@ impl Rule {
             data: vec![0; 4],
         });
         self
+    }
+
+    /// `ct status STATUS`: any of the given status bits is set, e.g. `ct status dnat`.
+    pub fn ct_status_in(mut self, status: CtStatus) -> Self {
+        self.exprs.push(Expr::Ct {
+            key: CtKey::Status,
+            dreg: Reg::R1,
+            direction: None,
+        });
+        self.exprs.push(Expr::Bitwise {
+            sreg: Reg::R1,
+            dreg: Reg::R1,
+            mask: status.0.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        });
+        self.exprs.push(Expr::Cmp {
+            sreg: Reg::R1,
+            op: CmpOp::Ne,
+            data: vec![0; 4],
+        });
+        self
+    }
+
+    /// `fib daddr type local`: the destination is one of the host's own addresses (any
+    /// interface's, loopback included).
+    pub fn fib_daddr_local(mut self) -> Self {
+        self.exprs.push(Expr::Fib {
+            flags: FibFlags::DADDR,
+            result: FibResult::AddrType,
+            dreg: Reg::R1,
+        });
+        self.exprs.push(Expr::Cmp {
+            sreg: Reg::R1,
+            op: CmpOp::Eq,
+            data: RTN_LOCAL.to_ne_bytes().to_vec(),
+        });
+        self
+    }
+
+    /// `meta nfproto ipv4` / `ipv6` (in an `inet` table: the packet's IP version).
+    pub fn nfproto_eq(self, v: IpVersion) -> Self {
+        self.check(MetaKey::NfProto, vec![v.nfproto()])
     }
 
     /// Loads `fields` as a (concatenated) key starting at register 1, with their

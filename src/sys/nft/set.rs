@@ -171,6 +171,11 @@ pub enum MapData {
     Value(KeyType),
 }
 
+/// `NFTNL_UDATA_SET_KEYBYTEORDER`: the set userdata TLV `nft` reads a key's byte order from.
+const UDATA_SET_KEYBYTEORDER: u8 = 0;
+/// nft's `BYTEORDER_HOST_ENDIAN` (interface names are strings, compared as stored).
+const BYTEORDER_HOST_ENDIAN: u32 = 1;
+
 /// `NFT_DATA_VERDICT`: the data type of verdict maps.
 const NFT_DATA_VERDICT: u32 = 0xffff_ff00;
 
@@ -282,6 +287,13 @@ impl Set {
         }
         if let Some(t) = self.timeout {
             attrs.push(SetAttribute::Timeout(millis(t)));
+        }
+        if self.key.fields() == [DataType::IfName] {
+            // Tells `nft list` how to print the keys (it shows `""` otherwise); the kernel
+            // ignores it.
+            let mut udata = vec![UDATA_SET_KEYBYTEORDER, 4];
+            udata.extend(BYTEORDER_HOST_ENDIAN.to_ne_bytes());
+            attrs.push(SetAttribute::UserData(udata));
         }
         attrs.push(SetAttribute::Id(id));
         attrs

@@ -238,6 +238,17 @@ fn built_rules_round_trip() {
             &DataType::Ipv4Addr.concat(DataType::InetService),
         ),
         Rule::new(&t(), "c").ct_state_in(CtState::NEW).masquerade(),
+        Rule::new(&t(), "c")
+            .fib_daddr_local()
+            .nfproto_eq(IpVersion::V4)
+            .dnat_map(
+                &[Field::TcpDport],
+                "any",
+                &DataType::Ipv4Addr.concat(DataType::InetService),
+            ),
+        Rule::new(&t(), "c")
+            .ct_status_in(CtStatus::DNAT)
+            .masquerade(),
     ];
     for r in rules {
         let back = decode_rule(&rule_payload(&r));
@@ -371,4 +382,46 @@ fn interval_elements_match_nft() {
     let ours = prefix.to_attrs(true);
     assert_eq!(Elem::from_kernel(&ips, &ours), vec![prefix]);
     assert_eq!(ours.len(), 2);
+}
+
+/// `nft --debug=netlink` (1.0.6) shows `fib daddr type local` as
+/// `[ fib daddr type => reg 1 ] [ cmp eq reg 1 0x00000002 ]` and `ct status dnat` as
+/// `[ ct load status => reg 1 ] [ bitwise reg 1 = ( reg 1 & 0x00000020 ) ^ 0x00000000 ]
+/// [ cmp neq reg 1 0x00000000 ]`.
+#[test]
+fn fib_and_ct_status_are_what_nft_generates() {
+    let r = Rule::new(&t(), "c").fib_daddr_local();
+    assert_eq!(
+        r.exprs,
+        [
+            Expr::Fib {
+                flags: FibFlags::DADDR,
+                result: FibResult::AddrType,
+                dreg: Reg::R1
+            },
+            Expr::Cmp {
+                sreg: Reg::R1,
+                op: CmpOp::Eq,
+                data: 2u32.to_ne_bytes().to_vec()
+            },
+        ]
+    );
+    let r = Rule::new(&t(), "c").ct_status_in(CtStatus::DNAT);
+    assert_eq!(
+        r.exprs[1],
+        Expr::Bitwise {
+            sreg: Reg::R1,
+            dreg: Reg::R1,
+            mask: 0x20u32.to_ne_bytes().to_vec(),
+            xor: vec![0; 4]
+        }
+    );
+    assert_eq!(
+        r.exprs[2],
+        Expr::Cmp {
+            sreg: Reg::R1,
+            op: CmpOp::Ne,
+            data: vec![0; 4]
+        }
+    );
 }
