@@ -107,6 +107,16 @@ pub enum Error {
         /// The sandboxes still connected.
         sandboxes: Vec<String>,
     },
+    /// A standalone sandbox asked to join a cluster network that was not created attachable.
+    #[error(
+        "network {network:?} is not attachable: sandbox {sandbox:?} cannot join it (create it with attachable)"
+    )]
+    NotAttachable {
+        /// The network.
+        network: String,
+        /// The sandbox.
+        sandbox: String,
+    },
     /// A host port is already published by another endpoint.
     #[error(
         "{protocol} port {host_port}{} is already published by sandbox {owner:?} on network {network:?}",

@@ -43,6 +43,20 @@ pub struct NetworkInspect {
     pub options: BTreeMap<String, String>,
     /// User labels.
     pub labels: BTreeMap<String, String>,
+    /// For cluster (`swarm`) networks: the nodes with endpoints on it.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub peers: Vec<PeerInspect>,
+}
+
+/// One element of `Peers` in [`NetworkInspect`]: a node with endpoints on a cluster network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PeerInspect {
+    /// The node's name.
+    pub name: String,
+    /// Its underlay address.
+    #[serde(rename = "IP")]
+    pub ip: String,
 }
 
 /// `IPAM` of [`NetworkInspect`].
@@ -143,6 +157,7 @@ mod tests {
             containers,
             options: BTreeMap::new(),
             labels: BTreeMap::new(),
+            peers: Vec::new(),
         };
         let json = serde_json::to_value(&net).unwrap();
         for key in [

@@ -20,8 +20,10 @@
 //! ```
 //!
 //! Submodules: [`inspect`] (the JSON shape of `docker network inspect`), [`files`]
-//! (`resolv.conf` and `hosts` of a sandbox).
+//! (`resolv.conf` and `hosts` of a sandbox). Cluster mode (overlay networks shared by several
+//! hosts through a shared store) is configured with [`ClusterConfig`].
 
+mod cluster;
 mod error;
 pub mod files;
 pub mod inspect;
@@ -46,6 +48,7 @@ use crate::driver::bridge::BridgeDriver;
 use crate::driver::host::HostDriver;
 use crate::driver::macvlan::MacvlanDriver;
 use crate::driver::null::NullDriver;
+use crate::driver::overlay::OverlayDriver;
 use crate::driver::{
     BridgeOptions, Driver, DriverKind, DriverOptions, EndpointInfo, NetworkInfo, SandboxContext,
     SubnetInfo, mac_for_ipv4,
@@ -55,6 +58,7 @@ use crate::store::{EmbeddedStore, Store};
 use crate::sys::NetNs;
 use crate::sys::rtnl::{Handle, IpVersion, Route};
 
+pub use cluster::{ClusterConfig, ClusterEndpoint};
 pub use error::{Error, ObjectKind, Result};
 pub use files::SandboxFiles;
 pub use inspect::NetworkInspect;
@@ -86,6 +90,9 @@ pub struct ControllerConfig {
     /// IPAM options (pools, host identifier). Default: Docker's pools, the host id from
     /// `/etc/machine-id`.
     pub ipam: Option<IpamOptions>,
+    /// Cluster mode: the shared store, this node's name and underlay address. Needed for
+    /// overlay networks. Default: none (a single host).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl ControllerConfig {
@@ -99,7 +106,14 @@ impl ControllerConfig {
             host_resolv_conf: None,
             host_hosts: None,
             ipam: None,
+            cluster: None,
         }
+    }
+
+    /// Joins a cluster (overlay networks).
+    pub fn cluster(mut self, cluster: ClusterConfig) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Uses `host` as the host namespace.
@@ -148,6 +162,8 @@ struct Inner {
     /// One lock per sandbox: its connects and disconnects are ordered (interface names, the
     /// default route); different sandboxes proceed in parallel.
     sandbox_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Cluster mode: the shared store's networks and endpoints, and the watcher's state.
+    cluster: Option<cluster::Cluster>,
     /// Serialises connects that publish ports, from the check that a host port is free to the
     /// record that takes it.
     ports_lock: tokio::sync::Mutex<()>,
@@ -167,7 +183,17 @@ impl Controller {
             None => NetNs::current()?,
         };
         let host_handle = Handle::in_netns(&host).await?;
-        let drivers = default_drivers(&host_handle);
+        let mut drivers = default_drivers(&host_handle);
+        if let Some(c) = &config.cluster {
+            drivers.insert(
+                DriverKind::Overlay,
+                Arc::new(OverlayDriver::new(
+                    host_handle.clone(),
+                    config.netns_prefix.clone(),
+                    c.advertise_addr,
+                )),
+            );
+        }
         Self::open_with(config, host, host_handle, drivers).await
     }
 
@@ -196,6 +222,10 @@ impl Controller {
         };
         let ipam = Ipam::open(store.clone(), ipam_options).await?;
         let records = Records::load(store.as_ref()).await?;
+        let cluster = match &config.cluster {
+            Some(c) => Some(cluster::Cluster::open(c.clone()).await?),
+            None => None,
+        };
         let host_rc = ResolvConf::parse(
             &std::fs::read_to_string(host_resolv_conf(&config, &host)).unwrap_or_default(),
         );
@@ -220,12 +250,14 @@ impl Controller {
                 listeners: Mutex::new(HashMap::new()),
                 network_lock: tokio::sync::Mutex::new(()),
                 sandbox_locks: Mutex::new(HashMap::new()),
+                cluster,
                 ports_lock: tokio::sync::Mutex::new(()),
             }),
         };
         controller.restore_drivers();
         controller.reopen_sandboxes().await;
         controller.ensure_predefined().await?;
+        controller.start_cluster().await?;
         controller.restore_dns().await;
         Ok(controller)
     }
@@ -253,6 +285,9 @@ impl Controller {
             });
         }
         let kind = spec.driver.kind();
+        if kind.is_cluster_scoped() {
+            return self.create_cluster_network(spec).await;
+        }
         let driver = self.driver(kind)?;
         let invalid = |reason: String| Error::InvalidRequest {
             kind: ObjectKind::Network,
@@ -366,6 +401,9 @@ impl Controller {
                 sandboxes,
             });
         }
+        if info.options.kind().is_cluster_scoped() {
+            return self.delete_cluster_network(record).await;
+        }
         self.driver(info.options.kind())?
             .delete_network(info)
             .await?;
@@ -396,10 +434,23 @@ impl Controller {
     /// One network in the shape of `docker network inspect`, found by name, id or unique id
     /// prefix.
     pub fn inspect_network(&self, name_or_id: &str) -> Result<NetworkInspect> {
-        let records = self.records();
-        let record = records.network(name_or_id)?;
-        let leases = self.inner.ipam.subnets(&record.info.id);
-        Ok(records::inspect(record, &leases, &records))
+        let mut inspect = {
+            let records = self.records();
+            let record = records.network(name_or_id)?;
+            let leases = self.ipam_for(&record.info).subnets(&record.info.id);
+            records::inspect(record, &leases, &records)
+        };
+        if inspect.scope == "swarm" {
+            inspect.peers = self
+                .cluster_peers(&inspect.id)
+                .into_iter()
+                .map(|(name, ip)| inspect::PeerInspect {
+                    name,
+                    ip: ip.to_string(),
+                })
+                .collect();
+        }
+        Ok(inspect)
     }
 
     // ---- sandboxes -----------------------------------------------------------------------
@@ -616,6 +667,11 @@ impl Controller {
         spec: EndpointSpec,
     ) -> Result<EndpointDetails> {
         let sb_name = self.records().sandbox(sandbox)?.name.clone();
+        // A cluster network created on another host is learnt when a container here joins it.
+        let unknown = matches!(self.records().network(network), Err(Error::NotFound { .. }));
+        if unknown {
+            self.learn_from_store(network).await?;
+        }
         let lock = self.sandbox_lock(&sb_name);
         let _guard = lock.lock().await;
         // Looked up again under the lock: the sandbox may have been deleted meanwhile.
@@ -645,6 +701,12 @@ impl Controller {
             });
         }
         let kind = info.options.kind();
+        if kind.is_cluster_scoped() && !net.attachable {
+            return Err(Error::NotAttachable {
+                network: info.name.clone(),
+                sandbox: sb.name.clone(),
+            });
+        }
         let is_host = sb.namespace == StoredNamespace::Host;
         if is_host != (kind == DriverKind::Host) {
             return Err(invalid(if is_host {
@@ -723,8 +785,15 @@ impl Controller {
         // Addresses.
         let ep_id = names::new_id();
         let mut reserved: Vec<IpAddr> = Vec::new();
+        // A cluster network's joins and leaves on this host are ordered (its data plane is made
+        // with the first and removed with the last).
+        let mut net_guard = match self.cluster() {
+            Some(c) if kind.is_cluster_scoped() => Some(c.lock(&info.id).await),
+            _ => None,
+        };
+        let ipam = self.ipam_for(info);
         let reserve = async |req: AddressRequest, reserved: &mut Vec<IpAddr>| -> Result<IpAddr> {
-            let ip = self.inner.ipam.allocate(&info.id, req).await?;
+            let ip = ipam.allocate(&info.id, req).await?;
             reserved.push(ip);
             Ok(ip)
         };
@@ -829,6 +898,33 @@ impl Controller {
             }
             Err(e) => Err(e),
         };
+        // Then published for the other hosts of a cluster network.
+        let persisted = match (
+            persisted,
+            self.cluster_endpoint(&info.id, &ep, &sb.name, &spec.aliases),
+        ) {
+            (Ok(()), Some(published)) if kind.is_cluster_scoped() => {
+                match self.publish_endpoint(&published).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        let mut ops = vec![crate::store::Op::Delete {
+                            key: format!("{KEY_ENDPOINTS}{ep_id}"),
+                        }];
+                        if new_sb != sb {
+                            ops.push(crate::store::Op::Put {
+                                key: format!("{KEY_SANDBOXES}{}", sb.id),
+                                value: records::encode(&sb)?,
+                            });
+                        }
+                        if let Err(undo) = self.inner.store.apply(ops).await {
+                            tracing::warn!(endpoint = %ep_id, error = %undo, "rollback of an endpoint record failed");
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            (other, _) => other,
+        };
         if let Err(e) = persisted {
             let _ = driver.revoke_external_connectivity(info, &ep).await;
             let _ = driver.leave_sandbox(info, &ep, Some(&ctx)).await;
@@ -841,6 +937,10 @@ impl Controller {
             records.sandboxes.insert(new_sb.id.clone(), new_sb);
         }
         self.register_endpoint_dns(&record, &sb.name);
+        if let Some(guard) = net_guard.as_mut() {
+            self.cluster_joined(guard, &info.id).await;
+        }
+        drop(net_guard);
         self.sync_listener(&sb.id).await;
         if let Err(e) = self.write_files(&sb.id) {
             tracing::warn!(sandbox = %sb.name, error = %e, "updating sandbox files");
@@ -903,9 +1003,15 @@ impl Controller {
             (ep, net, sb)
         };
         let driver = self.driver(net.info.options.kind())?;
-        driver
-            .revoke_external_connectivity(&net.info, &ep.info)
-            .await?;
+        let cluster_scoped = net.info.options.kind().is_cluster_scoped();
+        let mut net_guard = match self.cluster() {
+            Some(c) if cluster_scoped => Some(c.lock(&net.info.id).await),
+            _ => None,
+        };
+        // Withdrawn first: the other hosts stop sending to it before it goes.
+        if cluster_scoped {
+            self.withdraw_endpoint(&net.info.id, ep_id).await?;
+        }
         let ctx = {
             let live = self.live();
             let l = live.get(&sb.id);
@@ -922,9 +1028,27 @@ impl Controller {
                 _ => None,
             }
         };
-        driver
-            .leave_sandbox(&net.info, &ep.info, ctx.as_ref())
-            .await?;
+        let left = async {
+            driver
+                .revoke_external_connectivity(&net.info, &ep.info)
+                .await?;
+            driver
+                .leave_sandbox(&net.info, &ep.info, ctx.as_ref())
+                .await
+        }
+        .await;
+        if let Err(e) = left {
+            if let Some(published) =
+                self.cluster_endpoint(&net.info.id, &ep.info, &sb.name, &ep.aliases)
+            {
+                if cluster_scoped {
+                    if let Err(undo) = self.publish_endpoint(&published).await {
+                        tracing::warn!(endpoint = %ep_id, error = %undo, "republishing an endpoint after a failed leave");
+                    }
+                }
+            }
+            return Err(e.into());
+        }
         let addrs: Vec<IpAddr> = ep
             .info
             .ipv4
@@ -955,6 +1079,10 @@ impl Controller {
             records.sandboxes.insert(new_sb.id.clone(), new_sb);
         }
         self.inner.resolver.remove_endpoint(&net.info.id, &sb.id);
+        if let Some(guard) = net_guard.as_mut() {
+            self.cluster_left(guard, &net.info.id);
+        }
+        drop(net_guard);
         self.sync_listener(&sb.id).await;
         if let Err(e) = self.write_files(&sb.id) {
             tracing::warn!(sandbox = %sb.name, error = %e, "updating sandbox files");
@@ -1138,7 +1266,7 @@ impl Controller {
 
     async fn release_addresses(&self, net: &NetworkInfo, addrs: &[IpAddr]) {
         for ip in addrs {
-            if let Err(e) = self.inner.ipam.release(&net.id, *ip).await {
+            if let Err(e) = self.ipam_for(net).release(&net.id, *ip).await {
                 tracing::warn!(network = %net.name, %ip, error = %e, "releasing address");
             }
         }
@@ -1146,7 +1274,7 @@ impl Controller {
 
     async fn release_subnets(&self, net: &NetworkInfo) {
         for s in &net.subnets {
-            if let Err(e) = self.inner.ipam.release_subnet(&net.id, s.subnet).await {
+            if let Err(e) = self.ipam_for(net).release_subnet(&net.id, s.subnet).await {
                 tracing::warn!(network = %net.name, subnet = %s.subnet, error = %e, "releasing subnet");
             }
         }

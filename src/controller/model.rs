@@ -68,6 +68,12 @@ impl NetworkSpec {
         self
     }
 
+    /// Lets standalone sandboxes join (an overlay's `--attachable`).
+    pub fn attachable(mut self) -> Self {
+        self.attachable = true;
+        self
+    }
+
     /// Enables IPv6.
     pub fn ipv6(mut self) -> Self {
         self.enable_ipv6 = true;

@@ -226,7 +226,11 @@ pub(crate) fn inspect(
         name: info.name.clone(),
         id: info.id.clone(),
         created: net.created.clone(),
-        scope: "local".into(),
+        scope: if info.options.kind().is_cluster_scoped() {
+            "swarm".into()
+        } else {
+            "local".into()
+        },
         driver: info.options.kind().to_string(),
         enable_ipv6: info.enable_ipv6,
         ipam: IpamInspect {
@@ -242,5 +246,6 @@ pub(crate) fn inspect(
         containers,
         options: info.options.docker_options(),
         labels: net.labels.clone(),
+        peers: Vec::new(),
     }
 }

@@ -6,14 +6,19 @@
 //! host and of the sandbox. A driver keeps no state of its own that the controller could not
 //! rebuild from those values, and never talks to the store, IPAM or DNS.
 //!
-//! The implementations live in their own modules ([`bridge`], [`host`], [`null`], [`macvlan`]);
-//! the registry that picks one for a network lives above them, in the controller.
+//! The implementations live in their own modules ([`bridge`], [`host`], [`null`], [`macvlan`],
+//! [`overlay`]); the registry that picks one for a network lives above them, in the controller.
+//!
+//! Cluster-scoped drivers (overlay) also receive their remote peers as values
+//! ([`Driver::peer_add`], [`Driver::peer_remove`]): the controller learns them from the cluster
+//! store, the driver only turns them into kernel entries.
 
 pub mod bridge;
 pub mod host;
 pub mod macvlan;
 pub mod null;
 mod options;
+pub mod overlay;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -25,7 +30,8 @@ use crate::sys::rtnl::{Handle, MacAddr};
 use crate::sys::{NetNs, SysError};
 
 pub use options::{
-    BridgeOptions, DriverKind, DriverOptions, HostAccess, MacvlanMode, MacvlanOptions,
+    BridgeOptions, DriverKind, DriverOptions, FIRST_VNI, HostAccess, MAX_VNI, MacvlanMode,
+    MacvlanOptions, OverlayOptions, VXLAN_OVERHEAD,
 };
 
 /// What a driver knows about one network.
@@ -189,6 +195,39 @@ pub struct Joined {
     pub gateway_v6: Option<Ipv6Addr>,
 }
 
+/// One static entry of a cluster network's data plane, for an endpoint on another host.
+///
+/// An overlay programs, for every remote endpoint, where its MAC lives ([`PeerEntry::Fdb`]) and
+/// which MAC its IP has ([`PeerEntry::Neighbour`]), so that nothing is learnt or flooded across
+/// the underlay. The order (`Fdb` before `Neighbour`, then by value) is what sets of entries
+/// sort by.
+///
+/// ```
+/// use wharf::driver::PeerEntry;
+/// let mac = "02:42:0a:00:00:03".parse().unwrap();
+/// let fdb = PeerEntry::Fdb { mac, vtep: "198.18.0.2".parse().unwrap() };
+/// let arp = PeerEntry::Neighbour { ip: "10.0.0.3".parse().unwrap(), mac };
+/// assert!(fdb < arp);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerEntry {
+    /// Frames for `mac` go through the tunnel to the host whose underlay address is `vtep`.
+    Fdb {
+        /// The remote endpoint's MAC address.
+        mac: MacAddr,
+        /// The underlay address of the host it is on (its VXLAN tunnel end point).
+        vtep: IpAddr,
+    },
+    /// `ip` is at `mac`: address resolution for it is answered on this host.
+    Neighbour {
+        /// The remote endpoint's address.
+        ip: IpAddr,
+        /// Its MAC address.
+        mac: MacAddr,
+    },
+}
+
 /// Why a driver refused or failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -339,5 +378,37 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
         _ep: &EndpointInfo,
     ) -> Result<(), DriverError> {
         Ok(())
+    }
+
+    /// Programs static entries for endpoints on other hosts of a cluster network. Adding an
+    /// entry that is there already changes nothing; an entry for a MAC or IP that has another
+    /// destination is replaced. A network with no data plane on this host (no local endpoint)
+    /// has nothing to program: that is not an error. The caller serialises the peer operations
+    /// and the joins and leaves of one network. No-op by default (local drivers).
+    async fn peer_add(
+        &self,
+        _net: &NetworkInfo,
+        _entries: &[PeerEntry],
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// Removes static entries programmed by [`Driver::peer_add`]; entries already gone are
+    /// skipped. No-op by default.
+    async fn peer_remove(
+        &self,
+        _net: &NetworkInfo,
+        _entries: &[PeerEntry],
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+
+    /// The peer entries the kernel holds for a cluster network on this host, or `None` if the
+    /// network has no data plane here. `None` by default.
+    async fn peer_entries(
+        &self,
+        _net: &NetworkInfo,
+    ) -> Result<Option<Vec<PeerEntry>>, DriverError> {
+        Ok(None)
     }
 }

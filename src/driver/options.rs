@@ -20,6 +20,8 @@ pub enum DriverKind {
     Null,
     /// A macvlan device per endpoint on a parent interface of the host.
     Macvlan,
+    /// VXLAN across hosts, coordinated through the cluster store (cluster mode only).
+    Overlay,
 }
 
 impl DriverKind {
@@ -35,7 +37,14 @@ impl DriverKind {
             Self::Host => "host",
             Self::Null => "null",
             Self::Macvlan => "macvlan",
+            Self::Overlay => "overlay",
         }
+    }
+
+    /// Whether networks of this driver are shared by the hosts of a cluster (Docker's `swarm`
+    /// scope) rather than local to one host.
+    pub fn is_cluster_scoped(self) -> bool {
+        matches!(self, Self::Overlay)
     }
 }
 
@@ -65,6 +74,8 @@ pub enum DriverOptions {
     Null,
     /// The macvlan driver.
     Macvlan(MacvlanOptions),
+    /// The overlay driver.
+    Overlay(OverlayOptions),
 }
 
 impl Default for DriverOptions {
@@ -81,6 +92,7 @@ impl DriverOptions {
             Self::Host => DriverKind::Host,
             Self::Null => DriverKind::Null,
             Self::Macvlan(_) => DriverKind::Macvlan,
+            Self::Overlay(_) => DriverKind::Overlay,
         }
     }
 
@@ -90,6 +102,7 @@ impl DriverOptions {
             Self::Bridge(b) => b.docker_options(),
             Self::Host | Self::Null => BTreeMap::new(),
             Self::Macvlan(m) => m.docker_options(),
+            Self::Overlay(o) => o.docker_options(),
         }
     }
 }
@@ -273,5 +286,59 @@ pub(crate) fn mode_name(mode: MacvlanMode) -> &'static str {
         MacvlanMode::Private => "private",
         MacvlanMode::Vepa => "vepa",
         MacvlanMode::Passthru => "passthru",
+    }
+}
+
+/// Options of an overlay network (Docker's `com.docker.network.driver.overlay.vxlanid_list`
+/// and `driver.mtu`, plus the VXLAN port Docker sets cluster-wide with `--data-path-port`).
+///
+/// ```
+/// use wharf::driver::{DriverOptions, OverlayOptions};
+/// let opts: DriverOptions = serde_json::from_str(r#"{"overlay": {"vni": 4200}}"#).unwrap();
+/// assert_eq!(opts, DriverOptions::Overlay(OverlayOptions { vni: Some(4200), ..Default::default() }));
+/// assert_eq!(OverlayOptions::default().port(), 4789);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlayOptions {
+    /// The VXLAN network identifier. Default: the first free one from 4096 up, allocated in
+    /// the cluster store when the network is created (and then recorded here, so that every
+    /// host uses the same).
+    pub vni: Option<u32>,
+    /// MTU of the network's devices and of the containers' interfaces. Default: the underlay
+    /// device's MTU minus the 50 bytes of VXLAN encapsulation.
+    pub mtu: Option<u32>,
+    /// The UDP port of the VXLAN tunnels. Default 4789 (IANA). Every host uses the network's.
+    pub port: Option<u16>,
+}
+
+/// The bytes VXLAN adds to a frame on an IPv4 underlay (outer IPv4 20 + UDP 8 + VXLAN 8 +
+/// inner Ethernet 14): overlay MTU = underlay MTU - 50.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The first VNI handed out to overlay networks (Docker's).
+pub const FIRST_VNI: u32 = 4096;
+
+/// The largest VNI (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+impl OverlayOptions {
+    /// The VXLAN UDP port.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(crate::sys::rtnl::VXLAN_PORT)
+    }
+
+    fn docker_options(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Some(vni) = self.vni {
+            out.insert(
+                "com.docker.network.driver.overlay.vxlanid_list".into(),
+                vni.to_string(),
+            );
+        }
+        if let Some(mtu) = self.mtu {
+            out.insert("com.docker.network.driver.mtu".into(), mtu.to_string());
+        }
+        out
     }
 }

@@ -2,6 +2,8 @@
 //! at the kernel the way `ip` would.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::path::PathBuf;
 
 use wharf::controller::{Controller, ControllerConfig};

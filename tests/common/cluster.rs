@@ -1,0 +1,212 @@
+//! A lab cluster for overlay tests: hosts on one underlay segment, each with its own controller
+//! (own state directory, own namespace prefix, own files directory), all sharing one cluster
+//! store.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wharf::controller::{ClusterConfig, Controller, ControllerConfig, EndpointSpec, SandboxSpec};
+use wharf::driver::PeerEntry;
+use wharf::lab::{Lab, probe};
+use wharf::store::{MemoryStore, Store};
+use wharf::sys::NetNs;
+use wharf::sys::rtnl::{Handle, NeighState};
+
+/// How long a lookup may take in these tests.
+pub const QUICK: Duration = Duration::from_millis(800);
+
+/// One host of the cluster.
+pub struct Host {
+    pub role: String,
+    pub ns: NetNs,
+    pub addr: Ipv4Addr,
+    pub config: ControllerConfig,
+    pub wharf: Option<Controller>,
+}
+
+impl Host {
+    /// The controller (panics while the host is stopped).
+    pub fn wharf(&self) -> &Controller {
+        self.wharf
+            .as_ref()
+            .expect("the host's controller is running")
+    }
+
+    /// The prefix of every namespace this host's controller creates.
+    pub fn prefix(&self) -> &str {
+        &self.config.netns_prefix
+    }
+
+    /// Starts a container (a sandbox) and connects it to `network`.
+    pub async fn run(&self, name: &str, network: &str) -> IpAddr {
+        let wharf = self.wharf();
+        wharf
+            .create_sandbox(SandboxSpec::new(name))
+            .await
+            .expect("sandbox");
+        let ep = wharf
+            .connect(name, network, EndpointSpec::default())
+            .await
+            .expect("connect");
+        IpAddr::V4(ep.ipv4.expect("an IPv4 address"))
+    }
+
+    /// "Ping by name" as a container does it: resolve with its resolv.conf, then ping.
+    pub async fn ping_by_name(&self, from: &str, to: &str) -> bool {
+        match self.lookup(from, to).await {
+            Some(ip) => self.ping(from, ip).await,
+            None => false,
+        }
+    }
+
+    /// Resolves a name from inside a container, as its C library would.
+    pub async fn lookup(&self, from: &str, name: &str) -> Option<IpAddr> {
+        let ns = self.wharf().sandbox_netns(from).unwrap();
+        let rc = self.wharf().sandbox(from).unwrap().files.resolv_conf;
+        probe::lookup(&ns, &rc, name, QUICK).await
+    }
+
+    pub async fn ping(&self, from: &str, ip: IpAddr) -> bool {
+        let ns = self.wharf().sandbox_netns(from).unwrap();
+        probe::can_ping(&ns, ip, Duration::from_millis(500)).await
+    }
+
+    /// The name of the network's namespace on this host.
+    pub fn overlay_netns(&self, network_id: &str) -> String {
+        format!("{}ov-{}", self.prefix(), &network_id[..12])
+    }
+
+    pub fn has_overlay_netns(&self, network_id: &str) -> bool {
+        NetNs::list_named()
+            .unwrap()
+            .contains(&self.overlay_netns(network_id))
+    }
+
+    /// The static entries on the network's `vxlan0` here, as `bridge fdb` / `ip neigh` show
+    /// them (`None`: no data plane).
+    pub async fn entries(&self, network_id: &str) -> Option<BTreeSet<PeerEntry>> {
+        let ns = NetNs::open(&self.overlay_netns(network_id)).ok()?;
+        let h = Handle::in_netns(&ns).await.unwrap();
+        let vx = h.link().get("vxlan0").await.ok()?;
+        let mut out = BTreeSet::new();
+        for e in h.fdb().list_on(vx.index).await.unwrap() {
+            if let (false, Some(vtep)) = (e.master, e.dst) {
+                out.insert(PeerEntry::Fdb { mac: e.mac, vtep });
+            }
+        }
+        for n in h.neigh().list().await.unwrap() {
+            if n.index == vx.index && n.state == NeighState::Permanent {
+                out.insert(PeerEntry::Neighbour {
+                    ip: n.ip,
+                    mac: n.mac.unwrap(),
+                });
+            }
+        }
+        Some(out)
+    }
+}
+
+/// Hosts on one underlay, each with a controller, sharing a cluster store. Everything is
+/// deleted on drop.
+pub struct Cluster {
+    pub hosts: Vec<Host>,
+    pub store: Arc<dyn Store>,
+    // Dropped last: the namespaces outlive the controllers' handles.
+    pub lab: Lab,
+}
+
+impl Cluster {
+    /// Hosts named `roles`, sharing a `MemoryStore`.
+    pub async fn new(roles: &[&str]) -> Self {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let s = store.clone();
+        Self::with_stores(roles, store, move |_| s.clone()).await
+    }
+
+    /// Hosts named `roles`; host `i` reaches the cluster store through `store_of(i)` (e.g. a
+    /// wrapper that loses its watch), `store` is the shared store itself.
+    pub async fn with_stores(
+        roles: &[&str],
+        store: Arc<dyn Store>,
+        store_of: impl Fn(usize) -> Arc<dyn Store>,
+    ) -> Self {
+        let lab = Lab::new();
+        let underlay = lab.underlay(roles).await.expect("underlay");
+        let mut hosts = Vec::new();
+        for (i, ((ns, addr), role)) in underlay.into_iter().zip(roles).enumerate() {
+            let state = lab.temp_dir(&format!("{role}-state")).unwrap();
+            let files_dir = lab.temp_dir(&format!("{role}-etc-netns")).unwrap();
+            let resolv = files_dir.join("host-resolv.conf");
+            std::fs::write(&resolv, "nameserver 198.51.100.53\n").unwrap();
+            let mut config = ControllerConfig::new(state)
+                .host(ns.clone())
+                .netns_prefix(format!("{}{role}-", lab.netns_prefix()))
+                .cluster(ClusterConfig::new(store_of(i), *role, IpAddr::V4(addr)));
+            config.sandbox_files_dir = files_dir;
+            config.host_resolv_conf = Some(resolv);
+            let wharf = Controller::open(config.clone())
+                .await
+                .expect("controller opens");
+            hosts.push(Host {
+                role: role.to_string(),
+                ns,
+                addr,
+                config,
+                wharf: Some(wharf),
+            });
+        }
+        Self { hosts, store, lab }
+    }
+
+    pub fn host(&self, role: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.role == role)
+            .expect("a host of the cluster")
+    }
+
+    pub fn host_mut(&mut self, role: &str) -> &mut Host {
+        self.hosts
+            .iter_mut()
+            .find(|h| h.role == role)
+            .expect("a host of the cluster")
+    }
+
+    /// Stops a host's controller (its containers stay).
+    pub async fn stop(&mut self, role: &str) {
+        let host = self.host_mut(role);
+        host.wharf = None;
+        // Let the watcher notice and let go of the state store.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// Starts a stopped host's controller again.
+    pub async fn start(&mut self, role: &str) {
+        let host = self.host_mut(role);
+        host.wharf = Some(
+            Controller::open(host.config.clone())
+                .await
+                .expect("controller reopens"),
+        );
+    }
+}
+
+/// Polls `f` until it returns true or `within` passes; returns its last answer.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,463 @@
+//! Overlay networks across hosts (TUTORIALS.md scenario 4): hosts are lab namespaces on one
+//! underlay segment, each with its own controller, sharing one cluster store.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+
+use common::cluster::{Cluster, Host, eventually};
+use wharf::controller::{ClusterEndpoint, EndpointSpec, Error, NetworkSpec, SandboxSpec};
+use wharf::driver::{DriverOptions, OverlayOptions, PeerEntry};
+use wharf::store::{KeyValue, MemoryStore, Op, Revision, Store, StoreError, WatchStream};
+
+const CONVERGED: Duration = Duration::from_secs(3);
+
+fn overlay(name: &str) -> NetworkSpec {
+    NetworkSpec::new(name)
+        .driver(DriverOptions::Overlay(OverlayOptions::default()))
+        .attachable()
+}
+
+#[tokio::test]
+async fn scenario_4_step_6_attachable_overlay_by_name_across_hosts() {
+    let c = Cluster::new(&["host1", "host2"]).await;
+    let (host1, host2) = (c.host("host1"), c.host("host2"));
+
+    // docker network create --driver overlay --attachable test-net (on host1)
+    let net = host1
+        .wharf()
+        .create_network(overlay("test-net"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (net.driver.as_str(), net.scope.as_str()),
+        ("overlay", "swarm")
+    );
+    assert!(net.attachable);
+    assert_eq!(net.ipam.config[0].subnet, "10.0.0.0/24");
+    assert_eq!(
+        net.options["com.docker.network.driver.overlay.vxlanid_list"],
+        "4096"
+    );
+    assert!(
+        !host2.has_overlay_netns(&net.id),
+        "host2 has nothing of test-net yet"
+    );
+
+    // docker run -dit --name alpine1 --network test-net alpine (host1), alpine2 on host2
+    let ip1 = host1.run("alpine1", "test-net").await;
+    let ip2 = host2.run("alpine2", "test-net").await;
+    assert!(host2.has_overlay_netns(&net.id));
+
+    // alpine1 pings alpine2 by name across hosts, and back.
+    assert!(
+        eventually(CONVERGED, || host1.ping_by_name("alpine1", "alpine2")).await,
+        "alpine1 -> alpine2 by name"
+    );
+    assert!(
+        host2.ping_by_name("alpine2", "alpine1").await,
+        "alpine2 -> alpine1 by name"
+    );
+    assert_eq!(host1.lookup("alpine1", "alpine2").await, Some(ip2));
+    assert_eq!(host2.lookup("alpine2", "alpine1.test-net").await, Some(ip1));
+
+    // Inspect on each host: its own container, and both nodes as peers.
+    let on2 = host2.wharf().inspect_network("test-net").unwrap();
+    assert_eq!(on2.id, net.id);
+    let names: Vec<&str> = on2.containers.values().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["alpine2"]);
+    let peers: Vec<&str> = on2.peers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(peers, ["host1", "host2"]);
+
+    // The container's interface: Docker's MAC, the overlay's MTU (underlay 1500 - 50).
+    let a1 = host1.wharf().endpoint("alpine1", "test-net").unwrap();
+    assert_eq!(a1.mac.to_string(), "02:42:0a:00:00:02");
+    assert_eq!(
+        a1.gateway.map(|g| g.to_string()).as_deref(),
+        Some("10.0.0.1")
+    );
+    let h = wharf::sys::rtnl::Handle::in_netns(&host1.wharf().sandbox_netns("alpine1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(h.link().get("eth0").await.unwrap().mtu, 1450);
+
+    // Clean up: containers, then test-net. The overlay namespaces go with the last container.
+    host1.wharf().delete_sandbox("alpine1").await.unwrap();
+    host2.wharf().delete_sandbox("alpine2").await.unwrap();
+    assert!(!host1.has_overlay_netns(&net.id) && !host2.has_overlay_netns(&net.id));
+    host2.wharf().delete_network("test-net").await.unwrap();
+    assert!(c.store.list("cluster/v1/").await.unwrap().is_empty());
+    assert!(
+        eventually(CONVERGED, || async {
+            host1.wharf().inspect_network("test-net").is_err()
+        })
+        .await,
+        "host1 learns that test-net is gone"
+    );
+}
+
+/// The entries `host` must hold for `network`: one FDB and one neighbour entry per endpoint of
+/// another host, as the cluster store lists them.
+async fn expected_entries(c: &Cluster, host: &Host, network_id: &str) -> BTreeSet<PeerEntry> {
+    c.store
+        .list(&format!("cluster/v1/endpoints/{network_id}/"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|kv| serde_json::from_slice::<ClusterEndpoint>(&kv.value).unwrap())
+        .filter(|e| e.node != host.role)
+        .flat_map(|e| e.entries())
+        .collect()
+}
+
+/// Waits until every host with a data plane for the network holds exactly the entries the
+/// store asks for; returns the differences if it does not happen.
+async fn converge(c: &Cluster, network_id: &str) -> Result<(), String> {
+    let last = std::sync::Mutex::new(String::new());
+    let ok = eventually(CONVERGED, || {
+        let last = &last;
+        async move {
+            let mut diff = String::new();
+            for h in &c.hosts {
+                if h.wharf.is_none() {
+                    continue;
+                }
+                let Some(actual) = h.entries(network_id).await else {
+                    continue;
+                };
+                let expected = expected_entries(c, h, network_id).await;
+                if actual != expected {
+                    diff.push_str(&format!(
+                        "{}: has {actual:?}\n  expected {expected:?}\n",
+                        h.role
+                    ));
+                }
+            }
+            let ok = diff.is_empty();
+            *last.lock().unwrap() = diff;
+            ok
+        }
+    })
+    .await;
+    let last = last.into_inner().unwrap();
+    if ok { Ok(()) } else { Err(last) }
+}
+
+#[tokio::test]
+async fn three_hosts_reach_each_other_with_exactly_the_remote_entries() {
+    let c = Cluster::new(&["manager", "worker-1", "worker-2"]).await;
+    let (m, w1, w2) = (c.host("manager"), c.host("worker-1"), c.host("worker-2"));
+    let net = m
+        .wharf()
+        .create_network(overlay("nginx-net"))
+        .await
+        .unwrap();
+    let mut containers: Vec<(&Host, &str, IpAddr)> = Vec::new();
+    for (host, name) in [
+        (m, "m-a"),
+        (m, "m-b"),
+        (w1, "w1-a"),
+        (w2, "w2-a"),
+        (w2, "w2-b"),
+    ] {
+        containers.push((host, name, host.run(name, "nginx-net").await));
+    }
+    converge(&c, &net.id).await.unwrap();
+    // Exactly the remote endpoints: on worker-1, 4 endpoints of other hosts, 2 entries each.
+    let on_w1 = w1.entries(&net.id).await.unwrap();
+    assert_eq!(on_w1.len(), 8, "{on_w1:#?}");
+    assert!(on_w1.contains(&PeerEntry::Fdb {
+        mac: m.wharf().endpoint("m-a", "nginx-net").unwrap().mac,
+        vtep: IpAddr::V4(m.addr),
+    }));
+
+    // Everyone reaches everyone, by IP and by name.
+    let mut wrong = Vec::new();
+    for (from_host, from, _) in &containers {
+        for (_, to, ip) in &containers {
+            if from == to {
+                continue;
+            }
+            if !from_host.ping(from, *ip).await {
+                wrong.push(format!("{from} -> {to} by IP {ip}"));
+            }
+            if from_host.lookup(from, to).await != Some(*ip)
+                || !from_host.ping_by_name(from, to).await
+            {
+                wrong.push(format!("{from} -> {to} by name"));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+
+    // A disconnect removes the endpoint's entries (and name) on the other hosts.
+    w2.wharf().disconnect("w2-b", "nginx-net").await.unwrap();
+    converge(&c, &net.id).await.unwrap();
+    assert_eq!(w1.entries(&net.id).await.unwrap().len(), 6);
+    assert_eq!(m.lookup("m-a", "w2-b").await, None);
+    // The last local endpoint takes the network's namespace with it.
+    assert!(w1.has_overlay_netns(&net.id));
+    w1.wharf().delete_sandbox("w1-a").await.unwrap();
+    assert!(!w1.has_overlay_netns(&net.id));
+    converge(&c, &net.id).await.unwrap();
+    assert_eq!(
+        m.entries(&net.id).await.unwrap().len(),
+        2,
+        "only w2-a is remote"
+    );
+    assert_eq!(w2.entries(&net.id).await.unwrap().len(), 4, "m-a and m-b");
+}
+
+#[tokio::test]
+async fn an_overlay_reaches_no_other_overlay_and_no_bridge() {
+    let c = Cluster::new(&["manager", "worker-1"]).await;
+    let (m, w1) = (c.host("manager"), c.host("worker-1"));
+    m.wharf().create_network(overlay("ov-a")).await.unwrap();
+    m.wharf().create_network(overlay("ov-b")).await.unwrap();
+    m.wharf()
+        .create_network(NetworkSpec::new("br-net"))
+        .await
+        .unwrap();
+    let a1 = m.run("a1", "ov-a").await;
+    let a2 = w1.run("a2", "ov-a").await;
+    let b1 = m.run("b1", "ov-b").await;
+    let b2 = w1.run("b2", "ov-b").await;
+    let x1 = m.run("x1", "br-net").await;
+    assert!(eventually(CONVERGED, || m.ping("a1", a2)).await, "a1 -> a2");
+    assert!(eventually(CONVERGED, || m.ping("b1", b2)).await, "b1 -> b2");
+
+    let cut = [
+        (m, "a1", b1, "another overlay, same host"),
+        (m, "a1", b2, "another overlay, other host"),
+        (w1, "a2", b2, "another overlay, same host"),
+        (m, "a1", x1, "a bridge network"),
+        (m, "x1", a1, "an overlay from a bridge network"),
+        (m, "b1", a1, "another overlay, same host"),
+        (w1, "b2", a1, "another overlay, other host"),
+    ];
+    let mut wrong = Vec::new();
+    for (host, from, ip, what) in cut {
+        if host.ping(from, ip).await {
+            wrong.push(format!("{from} reaches {ip} on {what}"));
+        }
+    }
+    // Nor does the host itself reach its overlay containers.
+    if wharf::lab::probe::can_ping(&m.ns, a1, Duration::from_millis(300)).await {
+        wrong.push("the host reaches a1".into());
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // Names do not leak across overlays either.
+    assert_eq!(m.lookup("a1", "b2").await, None);
+}
+
+#[tokio::test]
+async fn only_attachable_overlays_take_standalone_containers() {
+    let c = Cluster::new(&["manager"]).await;
+    let m = c.host("manager");
+    m.wharf()
+        .create_network(
+            NetworkSpec::new("svc-only").driver(DriverOptions::Overlay(OverlayOptions::default())),
+        )
+        .await
+        .unwrap();
+    m.wharf()
+        .create_sandbox(SandboxSpec::new("alpine1"))
+        .await
+        .unwrap();
+    let err = m
+        .wharf()
+        .connect("alpine1", "svc-only", EndpointSpec::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotAttachable { .. }), "{err}");
+    assert!(m.wharf().sandbox("alpine1").unwrap().endpoints.is_empty());
+    // Names and VNIs are cluster-wide.
+    let again = m
+        .wharf()
+        .create_network(overlay("svc-only"))
+        .await
+        .unwrap_err();
+    assert!(matches!(again, Error::AlreadyExists { .. }), "{again}");
+    let given = overlay("given").driver(DriverOptions::Overlay(OverlayOptions {
+        vni: Some(4096),
+        ..Default::default()
+    }));
+    let taken = m.wharf().create_network(given).await.unwrap_err();
+    assert!(taken.to_string().contains("vni 4096 is taken"), "{taken}");
+}
+
+#[tokio::test]
+async fn overlays_need_cluster_mode() {
+    let w = common::World::new().await;
+    let err = w
+        .wharf
+        .create_network(overlay("test-net"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("cluster mode"), "{err}");
+}
+
+/// A cluster store whose watches can be cut (events silently lost, as on a congested link)
+/// and healed (the watch then reports `WatchLagged` and ends, as a real store does when it
+/// notices).
+#[derive(Debug)]
+struct Flaky {
+    inner: Arc<dyn Store>,
+    cut: Arc<AtomicBool>,
+    heal: tokio::sync::watch::Sender<u64>,
+}
+
+impl Flaky {
+    fn new(inner: Arc<dyn Store>) -> Self {
+        Self {
+            inner,
+            cut: Arc::default(),
+            heal: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+        self.heal.send_modify(|g| *g += 1);
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Flaky {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.get(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        self.inner.list(prefix).await
+    }
+
+    async fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        self.inner.apply(ops).await
+    }
+
+    async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
+        let events = self.inner.watch(prefix).await?;
+        let mut healed = self.heal.subscribe();
+        healed.borrow_and_update();
+        let state = (events, self.cut.clone(), healed, false, 0u64);
+        Ok(Box::pin(futures::stream::unfold(
+            state,
+            |(mut events, cut, mut healed, done, mut missed)| async move {
+                if done {
+                    return None;
+                }
+                loop {
+                    tokio::select! {
+                        _ = healed.changed() => {
+                            let lagged = Err(StoreError::WatchLagged { missed });
+                            return Some((lagged, (events, cut, healed, true, missed)));
+                        }
+                        event = events.next() => {
+                            let event = event?;
+                            if cut.load(Ordering::SeqCst) {
+                                missed += 1;
+                                continue;
+                            }
+                            return Some((event, (events, cut, healed, false, missed)));
+                        }
+                    }
+                }
+            },
+        )))
+    }
+}
+
+#[tokio::test]
+async fn a_lost_watch_is_resynchronised_exactly() {
+    let shared: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let flaky = Arc::new(Flaky::new(shared.clone()));
+    let f = flaky.clone();
+    let s = shared.clone();
+    let c = Cluster::with_stores(&["manager", "worker-1", "worker-2"], shared, move |i| {
+        if i == 2 { f.clone() } else { s.clone() }
+    })
+    .await;
+    let (m, w1, w2) = (c.host("manager"), c.host("worker-1"), c.host("worker-2"));
+    let net = m.wharf().create_network(overlay("test-net")).await.unwrap();
+    m.run("m-a", "test-net").await;
+    w1.run("w1-a", "test-net").await;
+    w2.run("w2-a", "test-net").await;
+    converge(&c, &net.id).await.unwrap();
+
+    // worker-2 loses its watch while endpoints come and go elsewhere.
+    flaky.cut();
+    w1.run("w1-b", "test-net").await;
+    w1.wharf().delete_sandbox("w1-a").await.unwrap();
+    m.run("m-b", "test-net").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stale = w2.entries(&net.id).await.unwrap();
+    assert_ne!(
+        stale,
+        expected_entries(&c, w2, &net.id).await,
+        "the cut lost events"
+    );
+    assert_eq!(w2.lookup("w2-a", "w1-b").await, None);
+
+    // The watch reports its loss: worker-2 lists again and matches the store exactly.
+    flaky.heal();
+    converge(&c, &net.id).await.unwrap();
+    assert_eq!(w2.entries(&net.id).await.unwrap().len(), 6);
+    assert!(w2.ping_by_name("w2-a", "w1-b").await);
+    assert!(w2.ping_by_name("w2-a", "m-b").await);
+    assert_eq!(
+        w2.lookup("w2-a", "w1-a").await,
+        None,
+        "a stale name is gone"
+    );
+    // And it keeps following changes afterwards.
+    w1.wharf().delete_sandbox("w1-b").await.unwrap();
+    converge(&c, &net.id).await.unwrap();
+    assert_eq!(w2.entries(&net.id).await.unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn a_restarted_controller_catches_up() {
+    let mut c = Cluster::new(&["manager", "worker-1"]).await;
+    let net = c
+        .host("manager")
+        .wharf()
+        .create_network(overlay("test-net"))
+        .await
+        .unwrap();
+    c.host("manager").run("m-a", "test-net").await;
+    c.host("worker-1").run("w1-a", "test-net").await;
+    converge(&c, &net.id).await.unwrap();
+
+    c.stop("worker-1").await;
+    let m = c.host("manager");
+    m.run("m-b", "test-net").await;
+    m.wharf().delete_sandbox("m-a").await.unwrap();
+    c.start("worker-1").await;
+
+    let (m, w1) = (c.host("manager"), c.host("worker-1"));
+    // Right after open, before any event: the kernel matches the store.
+    assert_eq!(
+        w1.entries(&net.id).await.unwrap(),
+        expected_entries(&c, w1, &net.id).await
+    );
+    assert_eq!(w1.entries(&net.id).await.unwrap().len(), 2);
+    assert!(w1.ping_by_name("w1-a", "m-b").await);
+    assert!(m.ping_by_name("m-b", "w1-a").await);
+    assert_eq!(w1.lookup("w1-a", "m-a").await, None);
+    // It still owns its endpoint.
+    w1.wharf().delete_sandbox("w1-a").await.unwrap();
+    assert!(!w1.has_overlay_netns(&net.id));
+    converge(&c, &net.id).await.unwrap();
+    assert!(m.entries(&net.id).await.unwrap().is_empty());
+}
