@@ -186,10 +186,12 @@ impl AddressSet {
         // is checked in the next turn, so this loops at most three times.
         while at <= hi {
             let (mut c, mut bit) = split(at);
-            if let Some((&start, &end)) = self.full_runs.range(..=c).next_back()
-                && start <= c
-                && c <= end
-            {
+            let covering = self
+                .full_runs
+                .range(..=c)
+                .next_back()
+                .filter(|&(&start, &end)| start <= c && c <= end);
+            if let Some((_, &end)) = covering {
                 c = end.checked_add(1)?;
                 bit = 0;
             }

@@ -477,9 +477,7 @@ fn validate_request(req: &SubnetRequest) -> Result<Family, IpamError> {
             });
         }
     }
-    if let Some(range) = cfg.ip_range
-        && !contains_net(subnet, range)
-    {
+    if let Some(range) = cfg.ip_range.filter(|r| !contains_net(subnet, *r)) {
         return Err(IpamError::RangeOutsideSubnet {
             network: name.clone(),
             range,

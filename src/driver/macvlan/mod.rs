@@ -24,7 +24,7 @@
 //!   back when the endpoint is deleted.
 //! - **The host and its containers.** The kernel does not deliver frames between a macvlan and
 //!   its own parent, so the host cannot reach its containers through the parent. The opt-in
-//!   [`HostAccess`] adds the usual remedy: a macvlan in bridge mode on the same parent in the
+//!   [`HostAccess`](crate::driver::HostAccess) adds the usual remedy: a macvlan in bridge mode on the same parent in the
 //!   host namespace (`mh-<12 hex>`) with the host's address on the segment (/32), and a host
 //!   route to each container's address (/32) through it, added on attach and removed on detach.
 //!
