@@ -5,7 +5,13 @@ use crate::scenarios;
 use crate::world::World;
 
 /// Every scenario, in the tutorial's order.
-pub const SCENARIOS: [&str; 4] = ["bridge-default", "bridge-user", "host", "macvlan"];
+pub const SCENARIOS: [&str; 5] = [
+    "bridge-default",
+    "bridge-user",
+    "host",
+    "overlay-attachable",
+    "macvlan",
+];
 
 /// Runs the scenarios named on the command line, or `default` when none is named, and exits
 /// non-zero if any check differs from Docker's outcome.
@@ -72,6 +78,7 @@ async fn run(
             "bridge-default" => scenarios::bridge_default(&world, checks).await?,
             "bridge-user" => scenarios::bridge_user(&world, checks).await?,
             "host" => scenarios::host(&world, checks).await?,
+            "overlay-attachable" => scenarios::overlay_attachable(&world, checks).await?,
             "macvlan" => scenarios::macvlan(&world, checks).await?,
             _ => return Err(format!("unknown scenario {scenario:?}").into()),
         }

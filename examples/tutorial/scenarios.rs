@@ -77,10 +77,23 @@ async fn ping(
     by: By,
     expected: bool,
 ) -> Result {
-    let ns = w.wharf.sandbox_netns(from)?;
+    ping_on(&w.wharf, checks, scenario, from, to, by, expected).await
+}
+
+/// [`ping`] from a container of any host's controller.
+async fn ping_on(
+    wharf: &wharf::controller::Controller,
+    checks: &Checks,
+    scenario: &str,
+    from: &str,
+    to: &str,
+    by: By,
+    expected: bool,
+) -> Result {
+    let ns = wharf.sandbox_netns(from)?;
     let (target, shown) = match by {
         By::Name => {
-            let rc = w.wharf.sandbox(from)?.files.resolv_conf;
+            let rc = wharf.sandbox(from)?.files.resolv_conf;
             (
                 probe::lookup(&ns, &rc, to, CHECK_TIMEOUT).await,
                 to.to_owned(),
@@ -395,5 +408,85 @@ pub async fn macvlan(w: &World, checks: &Checks) -> Result {
         w.wharf.delete_sandbox(name).await?;
     }
     w.wharf.delete_network("my-macvlan-net").await?;
+    Ok(())
+}
+
+/// Scenario 4, step 6: an attachable overlay network for standalone containers on two hosts.
+pub async fn overlay_attachable(w: &World, checks: &Checks) -> Result {
+    use std::sync::Arc;
+    use wharf::controller::{ClusterConfig, Controller, ControllerConfig};
+    use wharf::driver::{DriverOptions, OverlayOptions};
+    use wharf::store::{MemoryStore, Store};
+    let s = "overlay-attachable";
+    println!("\n## Scenario 4, step 6: an attachable overlay network across hosts");
+    step("The cluster: manager, worker-1 and worker-2 on one underlay segment, sharing a store");
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let roles = ["manager", "worker-1", "worker-2"];
+    let mut hosts = Vec::new();
+    for ((ns, addr), role) in w.lab.underlay(&roles).await?.into_iter().zip(roles) {
+        let mut config = ControllerConfig::new(w.lab.temp_dir(&format!("{role}-state"))?)
+            .host(ns)
+            .netns_prefix(format!("{}{role}-", w.lab.netns_prefix()))
+            .cluster(ClusterConfig::new(store.clone(), role, addr.into()));
+        config.sandbox_files_dir = w.lab.temp_dir(&format!("{role}-etc-netns"))?;
+        println!("{role}: underlay address {addr}");
+        hosts.push(Controller::open(config).await?);
+    }
+    let (host1, host2) = (&hosts[0], &hosts[1]);
+    step("1. On the manager: docker network create --driver overlay --attachable test-net");
+    let spec = NetworkSpec::new("test-net")
+        .driver(DriverOptions::Overlay(OverlayOptions::default()))
+        .attachable();
+    host1.create_network(spec).await?;
+    step("2. alpine1 on the manager and alpine2 on worker-1 join test-net");
+    for (host, name) in [(host1, "alpine1"), (host2, "alpine2")] {
+        shell(
+            name,
+            &format!("docker run -dit --name {name} --network test-net alpine"),
+        );
+        host.create_sandbox(SandboxSpec::new(name)).await?;
+        host.connect(name, "test-net", EndpointSpec::default())
+            .await?;
+    }
+    shell("worker-1", "docker network inspect test-net");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&[host2.inspect_network("test-net")?])?
+    );
+    step("3. alpine1 pings alpine2 by name across hosts, and back");
+    let a1 = host1
+        .endpoint("alpine1", "test-net")?
+        .ipv4
+        .ok_or("no address")?;
+    let a2 = host2
+        .endpoint("alpine2", "test-net")?
+        .ipv4
+        .ok_or("no address")?;
+    ping_on(host1, checks, s, "alpine1", "alpine2", By::Name, true).await?;
+    ping_on(
+        host1,
+        checks,
+        s,
+        "alpine1",
+        "alpine2",
+        By::Ip(a2.into()),
+        true,
+    )
+    .await?;
+    ping_on(host2, checks, s, "alpine2", "alpine1", By::Name, true).await?;
+    ping_on(
+        host2,
+        checks,
+        s,
+        "alpine2",
+        "alpine1",
+        By::Ip(a1.into()),
+        true,
+    )
+    .await?;
+    step("4. Clean up: the containers, then test-net");
+    host1.delete_sandbox("alpine1").await?;
+    host2.delete_sandbox("alpine2").await?;
+    host1.delete_network("test-net").await?;
     Ok(())
 }
