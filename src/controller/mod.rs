@@ -328,27 +328,29 @@ impl Controller {
         driver.validate(&info)?;
         driver.prepare_network(&mut info).await?;
 
-        // Addresses: reserved first, released on any later failure.
+        // Addresses: reserved first, released on any later failure. Both requests are checked
+        // before either reserves anything.
         if kind.needs_addresses() {
             let avoid = self.host_prefixes().await?;
-            let lease = self
-                .inner
-                .ipam
-                .request_subnet(
-                    SubnetRequest::new(&id, &spec.name)
-                        .with_config(v4_cfg.unwrap_or_default())
-                        .avoiding(avoid.clone()),
-                )
-                .await?;
+            let v4_req = SubnetRequest::new(&id, &spec.name)
+                .with_config(v4_cfg.unwrap_or_default())
+                .avoiding(avoid.clone());
+            let v6_req = spec.enable_ipv6.then(|| {
+                SubnetRequest::new(&id, &spec.name)
+                    .ipv6()
+                    .with_config(v6_cfg.unwrap_or_default())
+                    .avoiding(avoid)
+            });
+            v4_req.validate()?;
+            if let Some(req) = &v6_req {
+                req.validate()?;
+            }
+            let lease = self.inner.ipam.request_subnet(v4_req).await?;
             info.subnets.push(SubnetInfo {
                 subnet: lease.subnet,
                 gateway: Some(lease.gateway),
             });
-            if spec.enable_ipv6 {
-                let req = SubnetRequest::new(&id, &spec.name)
-                    .ipv6()
-                    .with_config(v6_cfg.unwrap_or_default())
-                    .avoiding(avoid);
+            if let Some(req) = v6_req {
                 match self.inner.ipam.request_subnet(req).await {
                     Ok(lease) => info.subnets.push(SubnetInfo {
                         subnet: lease.subnet,
@@ -750,6 +752,11 @@ impl Controller {
         };
         let has_v4 = info.ipv4().is_some();
         let has_v6 = info.ipv6().is_some();
+        if info.internal && !spec.ports.is_empty() {
+            return Err(invalid(
+                "an internal network publishes no ports (nothing outside may reach it)".into(),
+            ));
+        }
         if spec.ipv4.is_some() && !has_v4 {
             return Err(invalid("the network has no IPv4 subnet".into()));
         }

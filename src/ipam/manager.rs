@@ -158,6 +158,19 @@ impl SubnetRequest {
         self.avoid = prefixes;
         self
     }
+
+    /// Checks the parts of the request that need no state (a well-formed subnet without host
+    /// bits, a gateway, range and auxiliary addresses inside it), so that a caller asking for
+    /// several subnets can refuse a bad one before reserving any.
+    ///
+    /// ```
+    /// use wharf::ipam::{IpamConfig, SubnetRequest};
+    /// let bad = IpamConfig::new().with_subnet("fd00::5/64".parse().unwrap());
+    /// assert!(SubnetRequest::new("n1", "net").ipv6().with_config(bad).validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<(), IpamError> {
+        validate_request(self).map(|_| ())
+    }
 }
 
 /// A subnet held by a network; also the stored record (`ipam/v1/<scope>/subnets/<cidr>`).
