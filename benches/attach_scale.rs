@@ -8,6 +8,11 @@
 //!   empty network, wall time from the first call to the last answer, against the median of 20
 //!   single attaches to that network. Target: within 50x of one attach.
 //!
+//! - **the kernel alone**: the same 1000 attaches done with wharf's kernel layer only (veth with
+//!   its peer created in a fresh namespace, enslaved and up in one request; then in the
+//!   container: up, address, default route), no IPAM, store or DNS: how much of the growth
+//!   with the bridge's port count is the kernel's.
+//!
 //! Sandboxes are created outside the timing. The controller's state lives under the system's
 //! temp directory (set `TMPDIR=/dev/shm` to take the disk's fsync out of the picture and see
 //! how much of an attach it is).
@@ -19,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use wharf::controller::{Controller, ControllerConfig, EndpointSpec, NetworkSpec, SandboxSpec};
 use wharf::lab::Lab;
+use wharf::sys::rtnl::{Handle, LinkSpec, Route, VethPeer};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -141,10 +147,71 @@ async fn run(lab: &Lab) {
             .expect("attach");
         times.push(ms(t.elapsed()));
     }
+    report_series("wharf attaches (Controller::connect)", &times);
+    println!("load average: {}", loadavg());
+    if std::env::var("SCALE_KERNEL").map_or(true, |v| v != "0") {
+        let kernel = kernel_only(lab, n).await;
+        report_series("the kernel layer alone", &kernel);
+    }
+    println!("load average at end: {}", loadavg());
+}
+
+/// `n` attaches through the kernel layer only, on a bridge of their own; returns each one's time.
+async fn kernel_only(lab: &Lab, n: usize) -> Vec<f64> {
+    let host_ns = lab.namespace("khost").await.expect("host namespace");
+    let host = Handle::in_netns(&host_ns).await.expect("host handle");
+    host.link()
+        .add(LinkSpec::bridge("kbr0").up())
+        .await
+        .expect("bridge");
+    let bridge = host.link().get("kbr0").await.expect("bridge").index;
+    host.address()
+        .add(bridge, "10.94.0.1/16".parse().expect("net"))
+        .await
+        .expect("bridge address");
+    let mut containers = Vec::with_capacity(n);
+    for i in 0..n {
+        containers.push(lab.namespace(&format!("k{i}")).await.expect("namespace"));
+    }
+    let mut times = Vec::with_capacity(n);
+    for (i, c) in containers.iter().enumerate() {
+        let host_if = format!("kv{i}");
+        let n = i as u32 + 2;
+        let addr = format!("10.94.{}.{}/16", n >> 8, n & 0xff);
+        let t = Instant::now();
+        host.link()
+            .add(
+                LinkSpec::veth(&host_if)
+                    .peer(VethPeer::new("eth0").netns(c))
+                    .master(bridge)
+                    .up(),
+            )
+            .await
+            .expect("veth");
+        let inside = Handle::in_netns(c).await.expect("container handle");
+        let eth0 = inside.link().get("eth0").await.expect("eth0").index;
+        inside.link().set_up(eth0).await.expect("up");
+        inside
+            .address()
+            .add(eth0, addr.parse().expect("net"))
+            .await
+            .expect("address");
+        inside
+            .route()
+            .add(Route::default_v4("10.94.0.1".parse().expect("ip")).oif(eth0))
+            .await
+            .expect("route");
+        times.push(ms(t.elapsed()));
+    }
+    times
+}
+
+fn report_series(what: &str, times: &[f64]) {
+    let n = times.len();
     let around = |i: usize| median(&times[i.saturating_sub(5)..(i + 5).min(n)]);
     let (tenth, last) = (around(9), around(n - 1));
     println!(
-        "\n{n} attaches on one bridge: the 10th {:.2} ms (median of attaches 5-14: {tenth:.2}), \
+        "\n{what}, {n} on one bridge: the 10th {:.2} ms (median of attaches 5-14: {tenth:.2}), \
          the {n}th {:.2} ms (median of the last ten: {last:.2}) => {:.2}x; target <= 1.2x",
         times[9],
         times[n - 1],
@@ -161,7 +228,6 @@ async fn run(lab: &Lab) {
             pct(w, 1.0)
         );
     }
-    println!("load average at end: {}", loadavg());
 }
 
 fn main() {
