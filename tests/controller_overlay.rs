@@ -14,7 +14,7 @@ use futures::StreamExt;
 use common::cluster::{Cluster, Host, eventually};
 use wharf::controller::{ClusterEndpoint, EndpointSpec, Error, NetworkSpec, SandboxSpec};
 use wharf::driver::{DriverOptions, OverlayOptions, PeerEntry};
-use wharf::store::{KeyValue, MemoryStore, Op, Revision, Store, StoreError, WatchStream};
+use wharf::store::{KeyValue, LeaseId, MemoryStore, Op, Revision, Store, StoreError, WatchStream};
 
 const CONVERGED: Duration = Duration::from_secs(3);
 
@@ -346,6 +346,18 @@ impl Store for Flaky {
         self.inner.apply(ops).await
     }
 
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.inner.grant_lease(ttl).await
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        self.inner.keep_alive(lease).await
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.revoke_lease(lease).await
+    }
+
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
         let events = self.inner.watch(prefix).await?;
         let mut healed = self.heal.subscribe();
@@ -460,4 +472,116 @@ async fn a_restarted_controller_catches_up() {
     assert!(!w1.has_overlay_netns(&net.id));
     converge(&c, &net.id).await.unwrap();
     assert!(m.entries(&net.id).await.unwrap().is_empty());
+}
+
+/// The endpoint records of `node` on a network, in the cluster store.
+async fn records_of(c: &Cluster, network_id: &str, node: &str) -> Vec<ClusterEndpoint> {
+    c.store
+        .list(&format!("cluster/v1/endpoints/{network_id}/"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|kv| serde_json::from_slice::<ClusterEndpoint>(&kv.value).unwrap())
+        .filter(|e| e.node == node)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dead_hosts_endpoints_are_removed_after_its_lease() {
+    let ttl = Duration::from_secs(1);
+    let mut c = Cluster::with_lease_ttl(&["manager", "worker-1", "worker-2"], ttl).await;
+    let net = c
+        .host("manager")
+        .wharf()
+        .create_network(overlay("test-net"))
+        .await
+        .unwrap();
+    c.host("manager").run("m-a", "test-net").await;
+    c.host("worker-1").run("w1-a", "test-net").await;
+    c.host("worker-2").run("w2-a", "test-net").await;
+    converge(&c, &net.id).await.unwrap();
+    // The leases are kept alive: several ttls later everything is still there.
+    tokio::time::sleep(ttl * 3).await;
+    assert_eq!(records_of(&c, &net.id, "worker-2").await.len(), 1);
+    assert_eq!(c.host("manager").entries(&net.id).await.unwrap().len(), 4);
+    assert!(c.host("manager").ping_by_name("m-a", "w2-a").await);
+
+    // worker-2 dies: its controller goes without disconnecting anything.
+    c.kill("worker-2").await;
+    assert!(
+        eventually(ttl * 4, || async {
+            records_of(&c, &net.id, "worker-2").await.is_empty()
+        })
+        .await,
+        "worker-2's records expire with its lease"
+    );
+    // The others remove its entries and its name.
+    let (m, w1) = (c.host("manager"), c.host("worker-1"));
+    for h in [m, w1] {
+        assert!(
+            eventually(CONVERGED, || async {
+                h.entries(&net.id).await.unwrap() == expected_entries(&c, h, &net.id).await
+            })
+            .await,
+            "{} drops worker-2's entries",
+            h.role
+        );
+        assert_eq!(h.entries(&net.id).await.unwrap().len(), 2, "{}", h.role);
+    }
+    assert_eq!(m.lookup("m-a", "w2-a").await, None);
+    assert_eq!(w1.lookup("w1-a", "w2-a").await, None);
+    assert!(m.ping_by_name("m-a", "w1-a").await);
+    let peers: Vec<String> = m
+        .wharf()
+        .inspect_network("test-net")
+        .unwrap()
+        .peers
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(peers, ["manager", "worker-1"]);
+}
+
+#[tokio::test]
+async fn a_restarted_controller_reattaches_its_endpoints_to_a_new_lease() {
+    let ttl = Duration::from_secs(1);
+    let mut c = Cluster::with_lease_ttl(&["manager", "worker-1"], ttl).await;
+    let net = c
+        .host("manager")
+        .wharf()
+        .create_network(overlay("test-net"))
+        .await
+        .unwrap();
+    c.host("manager").run("m-a", "test-net").await;
+    c.host("worker-1").run("w1-a", "test-net").await;
+    converge(&c, &net.id).await.unwrap();
+
+    // Down for longer than its lease: its record expires, the manager forgets it.
+    c.stop("worker-1").await;
+    assert!(
+        eventually(ttl * 4, || async {
+            records_of(&c, &net.id, "worker-1").await.is_empty()
+        })
+        .await
+    );
+    converge(&c, &net.id).await.unwrap();
+    assert_eq!(c.host("manager").lookup("m-a", "w1-a").await, None);
+
+    // Back: its container's record is written again, on a lease it keeps alive.
+    c.start("worker-1").await;
+    assert_eq!(records_of(&c, &net.id, "worker-1").await.len(), 1);
+    converge(&c, &net.id).await.unwrap();
+    let (m, w1) = (c.host("manager"), c.host("worker-1"));
+    assert!(eventually(CONVERGED, || m.ping_by_name("m-a", "w1-a")).await);
+    assert!(w1.ping_by_name("w1-a", "m-a").await);
+    tokio::time::sleep(ttl * 3).await;
+    assert_eq!(records_of(&c, &net.id, "worker-1").await.len(), 1);
+
+    // Restarted quickly (the old lease still alive): the record moves to the new lease and
+    // outlives the old one.
+    c.stop("worker-1").await;
+    c.start("worker-1").await;
+    tokio::time::sleep(ttl * 3).await;
+    assert_eq!(records_of(&c, &net.id, "worker-1").await.len(), 1);
+    assert!(c.host("manager").ping_by_name("m-a", "w1-a").await);
 }

@@ -58,7 +58,7 @@ use crate::store::{EmbeddedStore, Store};
 use crate::sys::NetNs;
 use crate::sys::rtnl::{Handle, IpVersion, Route};
 
-pub use cluster::{ClusterConfig, ClusterEndpoint};
+pub use cluster::{ClusterConfig, ClusterEndpoint, DEFAULT_LEASE_TTL};
 pub use error::{Error, ObjectKind, Result};
 pub use files::SandboxFiles;
 pub use inspect::NetworkInspect;
