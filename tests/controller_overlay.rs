@@ -585,3 +585,138 @@ async fn a_restarted_controller_reattaches_its_endpoints_to_a_new_lease() {
     assert_eq!(records_of(&c, &net.id, "worker-1").await.len(), 1);
     assert!(c.host("manager").ping_by_name("m-a", "w1-a").await);
 }
+
+#[tokio::test]
+async fn overlay_containers_get_out_through_wharf_gwbridge() {
+    use wharf::controller::GWBRIDGE_NETWORK;
+    let c = Cluster::new(&["host1", "host2"]).await;
+    let (host1, host2) = (c.host("host1"), c.host("host2"));
+    // The lab's internet, behind host1.
+    let internet = c.lab.namespace("internet").await.unwrap();
+    c.lab
+        .wire(
+            (&host1.ns, "wan", "198.51.100.1/24".parse().unwrap()),
+            (&internet, "eth0", "198.51.100.53/24".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    let outside: IpAddr = "198.51.100.53".parse().unwrap();
+
+    host1
+        .wharf()
+        .create_network(overlay("test-net"))
+        .await
+        .unwrap();
+    host1
+        .wharf()
+        .create_network(overlay("secret").internal())
+        .await
+        .unwrap();
+    assert!(
+        host1.wharf().inspect_network(GWBRIDGE_NETWORK).is_err(),
+        "created on demand"
+    );
+    host1.run("a", "test-net").await;
+    let ip_b = host1.run("b", "test-net").await;
+    host2.run("c", "test-net").await;
+
+    // a reaches the outside through the egress bridge, which carries its default route.
+    assert!(host1.ping("a", outside).await, "a -> the internet");
+    let gw = host1.wharf().endpoint("a", GWBRIDGE_NETWORK).unwrap();
+    let gwnet = host1.wharf().inspect_network(GWBRIDGE_NETWORK).unwrap();
+    assert_eq!(gwnet.driver, "bridge");
+    assert_eq!(
+        gwnet.options["com.docker.network.bridge.name"],
+        GWBRIDGE_NETWORK
+    );
+    assert_eq!(
+        gwnet.options["com.docker.network.bridge.enable_icc"],
+        "false"
+    );
+    let a_id = host1.wharf().sandbox("a").unwrap().id;
+    let shown = format!("gateway_{}", &a_id[..12]);
+    assert_eq!(gwnet.containers[&shown].name, shown);
+    assert_eq!(gwnet.containers[&shown].endpoint_id, gw.id);
+    let h = wharf::sys::rtnl::Handle::in_netns(&host1.wharf().sandbox_netns("a").unwrap())
+        .await
+        .unwrap();
+    let default = h
+        .route()
+        .list(wharf::sys::rtnl::IpVersion::V4)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.dst.prefix() == 0)
+        .and_then(|r| r.gateway);
+    assert!(gw.gateway.is_some());
+    assert_eq!(default, gw.gateway);
+    // Hidden from the sandbox's own endpoints.
+    let nets: Vec<String> = host1
+        .wharf()
+        .sandbox("a")
+        .unwrap()
+        .endpoints
+        .into_iter()
+        .map(|e| e.network)
+        .collect();
+    assert_eq!(nets, ["test-net"]);
+    // Not a way between containers: a reaches b over the overlay, not over the egress bridge.
+    assert!(host1.ping("a", ip_b).await);
+    let b_gw = host1.wharf().endpoint("b", GWBRIDGE_NETWORK).unwrap();
+    assert!(
+        !host1.ping("a", IpAddr::V4(b_gw.ipv4.unwrap())).await,
+        "no traffic between containers on the egress bridge"
+    );
+    assert_eq!(host1.lookup("a", "b").await, Some(ip_b));
+    assert!(eventually(CONVERGED, || host1.ping_by_name("a", "c")).await);
+    // Not for direct use.
+    let err = host1
+        .wharf()
+        .disconnect("a", GWBRIDGE_NETWORK)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("managed by wharf"), "{err}");
+
+    // An internal overlay gets no egress bridge.
+    host1.run("d", "secret").await;
+    assert!(host1.wharf().endpoint("d", GWBRIDGE_NETWORK).is_err());
+    assert!(!host1.ping("d", outside).await);
+    let err = host1
+        .wharf()
+        .connect("d", GWBRIDGE_NETWORK, EndpointSpec::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("managed by wharf"), "{err}");
+
+    // Leaving its last non-internal overlay, a sandbox leaves the egress bridge.
+    host1
+        .wharf()
+        .connect("a", "secret", EndpointSpec::default())
+        .await
+        .unwrap();
+    assert!(host1.wharf().endpoint("a", GWBRIDGE_NETWORK).is_ok());
+    host1.wharf().disconnect("a", "test-net").await.unwrap();
+    assert!(host1.wharf().endpoint("a", GWBRIDGE_NETWORK).is_err());
+    assert!(!host1.ping("a", outside).await);
+    let left = host1.wharf().inspect_network(GWBRIDGE_NETWORK).unwrap();
+    assert!(!left.containers.contains_key(&shown));
+    // The others go with their sandboxes.
+    for sb in ["a", "b", "d"] {
+        host1.wharf().delete_sandbox(sb).await.unwrap();
+    }
+    assert!(
+        host1
+            .wharf()
+            .inspect_network(GWBRIDGE_NETWORK)
+            .unwrap()
+            .containers
+            .is_empty()
+    );
+    // Users cannot take the name.
+    let err = host2
+        .wharf()
+        .create_network(NetworkSpec::new(GWBRIDGE_NETWORK))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
+}
