@@ -720,3 +720,133 @@ async fn overlay_containers_get_out_through_wharf_gwbridge() {
         .unwrap_err();
     assert!(err.to_string().contains("reserved"), "{err}");
 }
+
+#[tokio::test]
+async fn diagnosis_names_a_blocked_port_an_mtu_mismatch_and_a_missing_entry() {
+    use wharf::controller::Finding;
+    use wharf::sys::NetNs;
+    use wharf::sys::nft::{
+        Batch, Chain, ChainType, Family, Hook, NftHandle, Rule, Table, priority,
+    };
+    use wharf::sys::rtnl::Handle;
+
+    let c = Cluster::new(&["host1", "host2"]).await;
+    let (host1, host2) = (c.host("host1"), c.host("host2"));
+    let net = host1
+        .wharf()
+        .create_network(overlay("test-net"))
+        .await
+        .unwrap();
+    host1.run("a", "test-net").await;
+    let ip_b = host2.run("b", "test-net").await;
+    converge(&c, &net.id).await.unwrap();
+    assert!(eventually(CONVERGED, || host1.ping("a", ip_b)).await);
+
+    let d = host1
+        .wharf()
+        .diagnose_overlay("test-net", "host2")
+        .await
+        .unwrap();
+    assert!(d.is_healthy(), "{d}");
+    assert_eq!(d.peer_addr, Some("198.18.0.2".parse().unwrap()));
+    let none = host1
+        .wharf()
+        .diagnose_overlay("test-net", "host3")
+        .await
+        .unwrap();
+    assert!(
+        matches!(none.findings[..], [Finding::PeerHasNoEndpoints { .. }]),
+        "{none}"
+    );
+
+    // UDP 4789 dropped in the underlay's switch (a bridge-family rule: no br_netfilter needed).
+    let underlay = NetNs::open(&c.lab.name("underlay")).unwrap();
+    let nft = NftHandle::open(&underlay).await.unwrap();
+    let t = Table::new(Family::Bridge, "block-vxlan");
+    let mut b = Batch::new();
+    b.add_table(&t)
+        .add_chain(&Chain::base(
+            &t,
+            "forward",
+            Hook::Forward,
+            ChainType::Filter,
+            priority::FILTER,
+        ))
+        .add_rule(&Rule::new(&t, "forward").udp_dport_eq(4789).drop());
+    nft.apply(&b).await.unwrap();
+    assert!(!host1.ping("a", ip_b).await, "the rule cuts the overlay");
+    let d = host1
+        .wharf()
+        .diagnose_overlay("test-net", "host2")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            d.findings[..],
+            [Finding::VxlanPortBlocked { port: 4789, .. }]
+        ),
+        "{d}"
+    );
+    assert!(
+        d.findings[0]
+            .to_string()
+            .starts_with("VXLAN UDP port 4789 blocked between 198.18.0.1 and 198.18.0.2"),
+        "{d}"
+    );
+    let mut b = Batch::new();
+    b.delete_table(&t);
+    nft.apply(&b).await.unwrap();
+    assert!(
+        host2
+            .wharf()
+            .diagnose_overlay("test-net", "host1")
+            .await
+            .unwrap()
+            .is_healthy()
+    );
+
+    // host2's underlay interface carries less than the overlay needs.
+    let h2 = Handle::in_netns(&host2.ns).await.unwrap();
+    let eth0 = h2.link().get("eth0").await.unwrap().index;
+    h2.link().set_mtu(eth0, 1400).await.unwrap();
+    let d = host1
+        .wharf()
+        .diagnose_overlay("test-net", "host2")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            d.findings[..],
+            [Finding::MtuMismatch {
+                overlay_mtu: 1450,
+                needed: 1500,
+                ..
+            }]
+        ),
+        "{d}"
+    );
+    assert!(d.findings[0].to_string().starts_with("MTU mismatch"), "{d}");
+    h2.link().set_mtu(eth0, 1500).await.unwrap();
+
+    // An entry lost from host1's kernel.
+    let ns = NetNs::open(&host1.overlay_netns(&net.id)).unwrap();
+    let h = Handle::in_netns(&ns).await.unwrap();
+    let vx = h.link().get("vxlan0").await.unwrap().index;
+    h.neigh().delete(vx, ip_b).await.unwrap();
+    let d = host1
+        .wharf()
+        .diagnose_overlay("test-net", "host2")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &d.findings[..],
+            [Finding::PeerEntryMissing { endpoint, entry: PeerEntry::Neighbour { .. } }] if endpoint == "b"
+        ),
+        "{d}"
+    );
+    assert!(
+        d.findings[0].to_string().starts_with("peer entry missing"),
+        "{d}"
+    );
+}

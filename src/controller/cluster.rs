@@ -452,7 +452,7 @@ impl Cluster {
         })
     }
 
-    fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
+    pub(crate) fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
         self.mirror.lock().unwrap_or_else(|p| p.into_inner())
     }
 

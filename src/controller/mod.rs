@@ -24,6 +24,7 @@
 //! hosts through a shared store) is configured with [`ClusterConfig`].
 
 mod cluster;
+pub mod diagnose;
 mod error;
 pub mod files;
 pub mod inspect;
@@ -59,6 +60,7 @@ use crate::sys::NetNs;
 use crate::sys::rtnl::{Handle, IpVersion, Route};
 
 pub use cluster::{ClusterConfig, ClusterEndpoint, DEFAULT_LEASE_TTL};
+pub use diagnose::{Diagnosis, Finding};
 pub use error::{Error, ObjectKind, Result};
 pub use files::SandboxFiles;
 pub use inspect::NetworkInspect;
