@@ -311,6 +311,8 @@ struct Flaky {
     inner: Arc<dyn Store>,
     cut: Arc<AtomicBool>,
     heal: tokio::sync::watch::Sender<u64>,
+    /// While set, lease refreshes are swallowed (a paused host: its leases expire).
+    frozen: AtomicBool,
 }
 
 impl Flaky {
@@ -319,7 +321,16 @@ impl Flaky {
             inner,
             cut: Arc::default(),
             heal: tokio::sync::watch::channel(0).0,
+            frozen: AtomicBool::new(false),
         }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
     }
 
     fn cut(&self) {
@@ -351,6 +362,10 @@ impl Store for Flaky {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        if self.frozen.load(Ordering::SeqCst) {
+            // The refresh never reaches the store; the keeper does not know.
+            return Ok(Duration::from_secs(1));
+        }
         self.inner.keep_alive(lease).await
     }
 
@@ -849,4 +864,52 @@ async fn diagnosis_names_a_blocked_port_an_mtu_mismatch_and_a_missing_entry() {
         d.findings[0].to_string().starts_with("peer entry missing"),
         "{d}"
     );
+}
+
+#[tokio::test]
+async fn a_lost_lease_is_granted_again_and_the_records_rewritten() {
+    let ttl = Duration::from_secs(1);
+    let shared: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let flaky = Arc::new(Flaky::new(shared.clone()));
+    let f = flaky.clone();
+    let s = shared.clone();
+    let c = Cluster::with_options(
+        &["manager", "worker-1"],
+        shared,
+        move |i| if i == 1 { f.clone() } else { s.clone() },
+        ttl,
+    )
+    .await;
+    let (m, w1) = (c.host("manager"), c.host("worker-1"));
+    let net = m.wharf().create_network(overlay("test-net")).await.unwrap();
+    m.run("m-a", "test-net").await;
+    w1.run("w1-a", "test-net").await;
+    converge(&c, &net.id).await.unwrap();
+
+    // worker-1 is paused: its refreshes stop reaching the store, its lease expires.
+    flaky.freeze();
+    assert!(
+        eventually(ttl * 4, || async {
+            records_of(&c, &net.id, "worker-1").await.is_empty()
+        })
+        .await
+    );
+    converge(&c, &net.id).await.unwrap();
+    assert_eq!(m.lookup("m-a", "w1-a").await, None);
+
+    // It wakes up: the keeper learns the lease is gone, a new one is granted and the record
+    // written again; the manager programs it.
+    flaky.thaw();
+    assert!(
+        eventually(ttl * 4, || async {
+            records_of(&c, &net.id, "worker-1").await.len() == 1
+        })
+        .await,
+        "worker-1 publishes its endpoint again"
+    );
+    converge(&c, &net.id).await.unwrap();
+    assert!(eventually(CONVERGED, || m.ping_by_name("m-a", "w1-a")).await);
+    // And keeps the new lease alive.
+    tokio::time::sleep(ttl * 3).await;
+    assert_eq!(records_of(&c, &net.id, "worker-1").await.len(), 1);
 }
