@@ -206,6 +206,10 @@ impl Controller {
             name: network.to_owned(),
             reason: "diagnosis needs a controller in cluster mode".into(),
         })?;
+        let unknown = matches!(self.records().network(network), Err(Error::NotFound { .. }));
+        if unknown {
+            self.learn_from_store(network).await?;
+        }
         let net = self.records().network(network)?.clone();
         let info = net.info.clone();
         let DriverOptions::Overlay(opts) = &info.options else {
