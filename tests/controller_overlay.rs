@@ -14,7 +14,7 @@ use futures::StreamExt;
 use common::cluster::{Cluster, Host, eventually};
 use wharf::controller::{ClusterEndpoint, EndpointSpec, Error, NetworkSpec, SandboxSpec};
 use wharf::driver::{DriverOptions, OverlayOptions, PeerEntry};
-use wharf::store::{KeyValue, MemoryStore, Op, Revision, Store, StoreError, WatchStream};
+use wharf::store::{KeyValue, LeaseId, MemoryStore, Op, Revision, Store, StoreError, WatchStream};
 
 const CONVERGED: Duration = Duration::from_secs(3);
 
@@ -311,6 +311,8 @@ struct Flaky {
     inner: Arc<dyn Store>,
     cut: Arc<AtomicBool>,
     heal: tokio::sync::watch::Sender<u64>,
+    /// While set, lease refreshes are swallowed (a paused host: its leases expire).
+    frozen: AtomicBool,
 }
 
 impl Flaky {
@@ -319,7 +321,16 @@ impl Flaky {
             inner,
             cut: Arc::default(),
             heal: tokio::sync::watch::channel(0).0,
+            frozen: AtomicBool::new(false),
         }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+
+    fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
     }
 
     fn cut(&self) {
@@ -344,6 +355,22 @@ impl Store for Flaky {
 
     async fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
         self.inner.apply(ops).await
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        self.inner.grant_lease(ttl).await
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<Duration, StoreError> {
+        if self.frozen.load(Ordering::SeqCst) {
+            // The refresh never reaches the store; the keeper does not know.
+            return Ok(Duration::from_secs(1));
+        }
+        self.inner.keep_alive(lease).await
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        self.inner.revoke_lease(lease).await
     }
 
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
@@ -460,4 +487,429 @@ async fn a_restarted_controller_catches_up() {
     assert!(!w1.has_overlay_netns(&net.id));
     converge(&c, &net.id).await.unwrap();
     assert!(m.entries(&net.id).await.unwrap().is_empty());
+}
+
+/// The endpoint records of `node` on a network, in the cluster store.
+async fn records_of(c: &Cluster, network_id: &str, node: &str) -> Vec<ClusterEndpoint> {
+    c.store
+        .list(&format!("cluster/v1/endpoints/{network_id}/"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|kv| serde_json::from_slice::<ClusterEndpoint>(&kv.value).unwrap())
+        .filter(|e| e.node == node)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dead_hosts_endpoints_are_removed_after_its_lease() {
+    let ttl = Duration::from_secs(1);
+    let mut c = Cluster::with_lease_ttl(&["manager", "worker-1", "worker-2"], ttl).await;
+    let net = c
+        .host("manager")
+        .wharf()
+        .create_network(overlay("test-net"))
+        .await
+        .unwrap();
+    c.host("manager").run("m-a", "test-net").await;
+    c.host("worker-1").run("w1-a", "test-net").await;
+    c.host("worker-2").run("w2-a", "test-net").await;
+    converge(&c, &net.id).await.unwrap();
+    // The leases are kept alive: several ttls later everything is still there.
+    tokio::time::sleep(ttl * 3).await;
+    assert_eq!(records_of(&c, &net.id, "worker-2").await.len(), 1);
+    assert_eq!(c.host("manager").entries(&net.id).await.unwrap().len(), 4);
+    assert!(c.host("manager").ping_by_name("m-a", "w2-a").await);
+
+    // worker-2 dies: its controller goes without disconnecting anything.
+    c.kill("worker-2").await;
+    assert!(
+        eventually(ttl * 4, || async {
+            records_of(&c, &net.id, "worker-2").await.is_empty()
+        })
+        .await,
+        "worker-2's records expire with its lease"
+    );
+    // The others remove its entries and its name.
+    let (m, w1) = (c.host("manager"), c.host("worker-1"));
+    for h in [m, w1] {
+        assert!(
+            eventually(CONVERGED, || async {
+                h.entries(&net.id).await.unwrap() == expected_entries(&c, h, &net.id).await
+            })
+            .await,
+            "{} drops worker-2's entries",
+            h.role
+        );
+        assert_eq!(h.entries(&net.id).await.unwrap().len(), 2, "{}", h.role);
+    }
+    assert_eq!(m.lookup("m-a", "w2-a").await, None);
+    assert_eq!(w1.lookup("w1-a", "w2-a").await, None);
+    assert!(m.ping_by_name("m-a", "w1-a").await);
+    let peers: Vec<String> = m
+        .wharf()
+        .inspect_network("test-net")
+        .unwrap()
+        .peers
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(peers, ["manager", "worker-1"]);
+}
+
+#[tokio::test]
+async fn a_restarted_controller_reattaches_its_endpoints_to_a_new_lease() {
+    let ttl = Duration::from_secs(1);
+    let mut c = Cluster::with_lease_ttl(&["manager", "worker-1"], ttl).await;
+    let net = c
+        .host("manager")
+        .wharf()
+        .create_network(overlay("test-net"))
+        .await
+        .unwrap();
+    c.host("manager").run("m-a", "test-net").await;
+    c.host("worker-1").run("w1-a", "test-net").await;
+    converge(&c, &net.id).await.unwrap();
+
+    // Down for longer than its lease: its record expires, the manager forgets it.
+    c.stop("worker-1").await;
+    assert!(
+        eventually(ttl * 4, || async {
+            records_of(&c, &net.id, "worker-1").await.is_empty()
+        })
+        .await
+    );
+    converge(&c, &net.id).await.unwrap();
+    assert_eq!(c.host("manager").lookup("m-a", "w1-a").await, None);
+
+    // Back: its container's record is written again, on a lease it keeps alive.
+    c.start("worker-1").await;
+    assert_eq!(records_of(&c, &net.id, "worker-1").await.len(), 1);
+    converge(&c, &net.id).await.unwrap();
+    let (m, w1) = (c.host("manager"), c.host("worker-1"));
+    assert!(eventually(CONVERGED, || m.ping_by_name("m-a", "w1-a")).await);
+    assert!(w1.ping_by_name("w1-a", "m-a").await);
+    tokio::time::sleep(ttl * 3).await;
+    assert_eq!(records_of(&c, &net.id, "worker-1").await.len(), 1);
+
+    // Restarted quickly (the old lease still alive): the record moves to the new lease and
+    // outlives the old one.
+    c.stop("worker-1").await;
+    c.start("worker-1").await;
+    tokio::time::sleep(ttl * 3).await;
+    assert_eq!(records_of(&c, &net.id, "worker-1").await.len(), 1);
+    assert!(c.host("manager").ping_by_name("m-a", "w1-a").await);
+}
+
+#[tokio::test]
+async fn overlay_containers_get_out_through_wharf_gwbridge() {
+    use wharf::controller::GWBRIDGE_NETWORK;
+    let c = Cluster::new(&["host1", "host2"]).await;
+    let (host1, host2) = (c.host("host1"), c.host("host2"));
+    // The lab's internet, behind host1.
+    let internet = c.lab.namespace("internet").await.unwrap();
+    c.lab
+        .wire(
+            (&host1.ns, "wan", "198.51.100.1/24".parse().unwrap()),
+            (&internet, "eth0", "198.51.100.53/24".parse().unwrap()),
+        )
+        .await
+        .unwrap();
+    let outside: IpAddr = "198.51.100.53".parse().unwrap();
+
+    host1
+        .wharf()
+        .create_network(overlay("test-net"))
+        .await
+        .unwrap();
+    host1
+        .wharf()
+        .create_network(overlay("secret").internal())
+        .await
+        .unwrap();
+    assert!(
+        host1.wharf().inspect_network(GWBRIDGE_NETWORK).is_err(),
+        "created on demand"
+    );
+    host1.run("a", "test-net").await;
+    let ip_b = host1.run("b", "test-net").await;
+    host2.run("c", "test-net").await;
+
+    // a reaches the outside through the egress bridge, which carries its default route.
+    assert!(host1.ping("a", outside).await, "a -> the internet");
+    let gw = host1.wharf().endpoint("a", GWBRIDGE_NETWORK).unwrap();
+    let gwnet = host1.wharf().inspect_network(GWBRIDGE_NETWORK).unwrap();
+    assert_eq!(gwnet.driver, "bridge");
+    assert_eq!(
+        gwnet.options["com.docker.network.bridge.name"],
+        GWBRIDGE_NETWORK
+    );
+    assert_eq!(
+        gwnet.options["com.docker.network.bridge.enable_icc"],
+        "false"
+    );
+    let a_id = host1.wharf().sandbox("a").unwrap().id;
+    let shown = format!("gateway_{}", &a_id[..12]);
+    assert_eq!(gwnet.containers[&shown].name, shown);
+    assert_eq!(gwnet.containers[&shown].endpoint_id, gw.id);
+    let h = wharf::sys::rtnl::Handle::in_netns(&host1.wharf().sandbox_netns("a").unwrap())
+        .await
+        .unwrap();
+    let default = h
+        .route()
+        .list(wharf::sys::rtnl::IpVersion::V4)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.dst.prefix() == 0)
+        .and_then(|r| r.gateway);
+    assert!(gw.gateway.is_some());
+    assert_eq!(default, gw.gateway);
+    // Hidden from the sandbox's own endpoints.
+    let nets: Vec<String> = host1
+        .wharf()
+        .sandbox("a")
+        .unwrap()
+        .endpoints
+        .into_iter()
+        .map(|e| e.network)
+        .collect();
+    assert_eq!(nets, ["test-net"]);
+    // Not a way between containers: a reaches b over the overlay, not over the egress bridge.
+    assert!(host1.ping("a", ip_b).await);
+    let b_gw = host1.wharf().endpoint("b", GWBRIDGE_NETWORK).unwrap();
+    assert!(
+        !host1.ping("a", IpAddr::V4(b_gw.ipv4.unwrap())).await,
+        "no traffic between containers on the egress bridge"
+    );
+    assert_eq!(host1.lookup("a", "b").await, Some(ip_b));
+    assert!(eventually(CONVERGED, || host1.ping_by_name("a", "c")).await);
+    // Not for direct use.
+    let err = host1
+        .wharf()
+        .disconnect("a", GWBRIDGE_NETWORK)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("managed by wharf"), "{err}");
+
+    // An internal overlay gets no egress bridge.
+    host1.run("d", "secret").await;
+    assert!(host1.wharf().endpoint("d", GWBRIDGE_NETWORK).is_err());
+    assert!(!host1.ping("d", outside).await);
+    let err = host1
+        .wharf()
+        .connect("d", GWBRIDGE_NETWORK, EndpointSpec::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("managed by wharf"), "{err}");
+
+    // Leaving its last non-internal overlay, a sandbox leaves the egress bridge.
+    host1
+        .wharf()
+        .connect("a", "secret", EndpointSpec::default())
+        .await
+        .unwrap();
+    assert!(host1.wharf().endpoint("a", GWBRIDGE_NETWORK).is_ok());
+    host1.wharf().disconnect("a", "test-net").await.unwrap();
+    assert!(host1.wharf().endpoint("a", GWBRIDGE_NETWORK).is_err());
+    assert!(!host1.ping("a", outside).await);
+    let left = host1.wharf().inspect_network(GWBRIDGE_NETWORK).unwrap();
+    assert!(!left.containers.contains_key(&shown));
+    // The others go with their sandboxes.
+    for sb in ["a", "b", "d"] {
+        host1.wharf().delete_sandbox(sb).await.unwrap();
+    }
+    assert!(
+        host1
+            .wharf()
+            .inspect_network(GWBRIDGE_NETWORK)
+            .unwrap()
+            .containers
+            .is_empty()
+    );
+    // Users cannot take the name.
+    let err = host2
+        .wharf()
+        .create_network(NetworkSpec::new(GWBRIDGE_NETWORK))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("reserved"), "{err}");
+}
+
+#[tokio::test]
+async fn diagnosis_names_a_blocked_port_an_mtu_mismatch_and_a_missing_entry() {
+    use wharf::controller::Finding;
+    use wharf::sys::NetNs;
+    use wharf::sys::nft::{
+        Batch, Chain, ChainType, Family, Hook, NftHandle, Rule, Table, priority,
+    };
+    use wharf::sys::rtnl::Handle;
+
+    let c = Cluster::new(&["host1", "host2"]).await;
+    let (host1, host2) = (c.host("host1"), c.host("host2"));
+    let net = host1
+        .wharf()
+        .create_network(overlay("test-net"))
+        .await
+        .unwrap();
+    host1.run("a", "test-net").await;
+    let ip_b = host2.run("b", "test-net").await;
+    converge(&c, &net.id).await.unwrap();
+    assert!(eventually(CONVERGED, || host1.ping("a", ip_b)).await);
+
+    let d = host1
+        .wharf()
+        .diagnose_overlay("test-net", "host2")
+        .await
+        .unwrap();
+    assert!(d.is_healthy(), "{d}");
+    assert_eq!(d.peer_addr, Some("198.18.0.2".parse().unwrap()));
+    let none = host1
+        .wharf()
+        .diagnose_overlay("test-net", "host3")
+        .await
+        .unwrap();
+    assert!(
+        matches!(none.findings[..], [Finding::PeerHasNoEndpoints { .. }]),
+        "{none}"
+    );
+
+    // UDP 4789 dropped in the underlay's switch (a bridge-family rule: no br_netfilter needed).
+    let underlay = NetNs::open(&c.lab.name("underlay")).unwrap();
+    let nft = NftHandle::open(&underlay).await.unwrap();
+    let t = Table::new(Family::Bridge, "block-vxlan");
+    let mut b = Batch::new();
+    b.add_table(&t)
+        .add_chain(&Chain::base(
+            &t,
+            "forward",
+            Hook::Forward,
+            ChainType::Filter,
+            priority::FILTER,
+        ))
+        .add_rule(&Rule::new(&t, "forward").udp_dport_eq(4789).drop());
+    nft.apply(&b).await.unwrap();
+    assert!(!host1.ping("a", ip_b).await, "the rule cuts the overlay");
+    let d = host1
+        .wharf()
+        .diagnose_overlay("test-net", "host2")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            d.findings[..],
+            [Finding::VxlanPortBlocked { port: 4789, .. }]
+        ),
+        "{d}"
+    );
+    assert!(
+        d.findings[0]
+            .to_string()
+            .starts_with("VXLAN UDP port 4789 blocked between 198.18.0.1 and 198.18.0.2"),
+        "{d}"
+    );
+    let mut b = Batch::new();
+    b.delete_table(&t);
+    nft.apply(&b).await.unwrap();
+    assert!(
+        host2
+            .wharf()
+            .diagnose_overlay("test-net", "host1")
+            .await
+            .unwrap()
+            .is_healthy()
+    );
+
+    // host2's underlay interface carries less than the overlay needs.
+    let h2 = Handle::in_netns(&host2.ns).await.unwrap();
+    let eth0 = h2.link().get("eth0").await.unwrap().index;
+    h2.link().set_mtu(eth0, 1400).await.unwrap();
+    let d = host1
+        .wharf()
+        .diagnose_overlay("test-net", "host2")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            d.findings[..],
+            [Finding::MtuMismatch {
+                overlay_mtu: 1450,
+                needed: 1500,
+                ..
+            }]
+        ),
+        "{d}"
+    );
+    assert!(d.findings[0].to_string().starts_with("MTU mismatch"), "{d}");
+    h2.link().set_mtu(eth0, 1500).await.unwrap();
+
+    // An entry lost from host1's kernel.
+    let ns = NetNs::open(&host1.overlay_netns(&net.id)).unwrap();
+    let h = Handle::in_netns(&ns).await.unwrap();
+    let vx = h.link().get("vxlan0").await.unwrap().index;
+    h.neigh().delete(vx, ip_b).await.unwrap();
+    let d = host1
+        .wharf()
+        .diagnose_overlay("test-net", "host2")
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            &d.findings[..],
+            [Finding::PeerEntryMissing { endpoint, entry: PeerEntry::Neighbour { .. } }] if endpoint == "b"
+        ),
+        "{d}"
+    );
+    assert!(
+        d.findings[0].to_string().starts_with("peer entry missing"),
+        "{d}"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_lease_is_granted_again_and_the_records_rewritten() {
+    let ttl = Duration::from_secs(1);
+    let shared: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let flaky = Arc::new(Flaky::new(shared.clone()));
+    let f = flaky.clone();
+    let s = shared.clone();
+    let c = Cluster::with_options(
+        &["manager", "worker-1"],
+        shared,
+        move |i| if i == 1 { f.clone() } else { s.clone() },
+        ttl,
+    )
+    .await;
+    let (m, w1) = (c.host("manager"), c.host("worker-1"));
+    let net = m.wharf().create_network(overlay("test-net")).await.unwrap();
+    m.run("m-a", "test-net").await;
+    w1.run("w1-a", "test-net").await;
+    converge(&c, &net.id).await.unwrap();
+
+    // worker-1 is paused: its refreshes stop reaching the store, its lease expires.
+    flaky.freeze();
+    assert!(
+        eventually(ttl * 4, || async {
+            records_of(&c, &net.id, "worker-1").await.is_empty()
+        })
+        .await
+    );
+    converge(&c, &net.id).await.unwrap();
+    assert_eq!(m.lookup("m-a", "w1-a").await, None);
+
+    // It wakes up: the keeper learns the lease is gone, a new one is granted and the record
+    // written again; the manager programs it.
+    flaky.thaw();
+    assert!(
+        eventually(ttl * 4, || async {
+            records_of(&c, &net.id, "worker-1").await.len() == 1
+        })
+        .await,
+        "worker-1 publishes its endpoint again"
+    );
+    converge(&c, &net.id).await.unwrap();
+    assert!(eventually(CONVERGED, || m.ping_by_name("m-a", "w1-a")).await);
+    // And keeps the new lease alive.
+    tokio::time::sleep(ttl * 3).await;
+    assert_eq!(records_of(&c, &net.id, "worker-1").await.len(), 1);
 }

@@ -113,3 +113,56 @@ async fn overlay_across_three_hosts_on_etcd() {
     );
     assert_eq!(m.lookup("alpine1", "alpine2").await, None);
 }
+
+#[tokio::test]
+async fn a_dead_host_is_removed_after_its_etcd_lease() {
+    let server = EtcdServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run the etcd this test needs: {e}"));
+    let stores = [client(&server).await, client(&server).await];
+    let shared = client(&server).await;
+    // etcd's minimum ttl (2 s with its default election timeout).
+    let ttl = Duration::from_secs(2);
+    let mut c = Cluster::with_options(
+        &["manager", "worker-1"],
+        shared,
+        move |i| stores[i].clone(),
+        ttl,
+    )
+    .await;
+    let net = c
+        .host("manager")
+        .wharf()
+        .create_network(
+            NetworkSpec::new("test-net")
+                .driver(DriverOptions::Overlay(OverlayOptions::default()))
+                .attachable(),
+        )
+        .await
+        .unwrap();
+    c.host("manager").run("alpine1", "test-net").await;
+    c.host("worker-1").run("alpine2", "test-net").await;
+    assert!(converged(&c, &net.id).await);
+    // Kept alive past its ttl.
+    tokio::time::sleep(ttl * 2).await;
+    assert_eq!(c.host("manager").entries(&net.id).await.unwrap().len(), 2);
+
+    c.kill("worker-1").await;
+    let m = c.host("manager");
+    assert!(
+        eventually(CONVERGED, || async {
+            m.entries(&net.id).await.unwrap().is_empty()
+                && m.lookup("alpine1", "alpine2").await.is_none()
+        })
+        .await,
+        "worker-1's endpoint goes with its lease"
+    );
+    assert_eq!(
+        c.store
+            .list(&format!("cluster/v1/endpoints/{}/", net.id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

@@ -45,7 +45,9 @@ use crate::driver::{
     DriverKind, DriverOptions, FIRST_VNI, MAX_VNI, NetworkInfo, PeerEntry, SubnetInfo,
 };
 use crate::ipam::{Ipam, IpamOptions, SubnetRequest};
-use crate::store::{KeyValue, Op, Revision, Store, StoreError, WatchEvent, WatchStream};
+use crate::store::{
+    KeyValue, LeaseId, LeaseKeeper, Op, Revision, Store, StoreError, WatchEvent, WatchStream,
+};
 use crate::sys::rtnl::MacAddr;
 
 /// Everything under this prefix is cluster state.
@@ -60,6 +62,9 @@ const VNI_ATTEMPTS: usize = 64;
 
 /// How long the watcher waits before watching again after the store failed.
 const RETRY_DELAY: Duration = Duration::from_millis(200);
+
+/// The default time to live of a host's membership lease.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
 
 /// How a controller joins a cluster.
 ///
@@ -84,6 +89,11 @@ pub struct ClusterConfig {
     /// Options of the cluster-scope IPAM; every host must use the same. Default:
     /// [`IpamOptions::cluster`] with the identifier `wharf`.
     pub ipam: Option<IpamOptions>,
+    /// The time to live of this host's membership lease (default [`DEFAULT_LEASE_TTL`]): the
+    /// records of this host's endpoints are attached to it, so they vanish this long after the
+    /// host stops refreshing it (it died, or lost the store), and the other hosts remove its
+    /// entries and names. etcd rounds it up to whole seconds and to its minimum (2 s by default).
+    pub lease_ttl: Duration,
 }
 
 impl ClusterConfig {
@@ -94,7 +104,14 @@ impl ClusterConfig {
             node: node.into(),
             advertise_addr,
             ipam: None,
+            lease_ttl: DEFAULT_LEASE_TTL,
         }
+    }
+
+    /// Sets the time to live of the host's membership lease (see [`ClusterConfig::lease_ttl`]).
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
     }
 }
 
@@ -404,6 +421,16 @@ pub(crate) struct Cluster {
     shutdown: tokio::sync::watch::Sender<()>,
     /// Set when programming a network failed: the watcher retries from the kernel.
     retry: std::sync::atomic::AtomicBool,
+    /// This host's membership lease and its keeper (`None` before the first grant, or when the
+    /// store has no leases); dropped with the controller, so the lease then expires.
+    membership: tokio::sync::Mutex<Option<Membership>>,
+}
+
+/// A granted membership lease, kept alive in the background.
+#[derive(Debug)]
+struct Membership {
+    lease: LeaseId,
+    keeper: LeaseKeeper,
 }
 
 impl Cluster {
@@ -421,10 +448,11 @@ impl Cluster {
             nets: Mutex::new(HashMap::new()),
             shutdown,
             retry: std::sync::atomic::AtomicBool::new(false),
+            membership: tokio::sync::Mutex::new(None),
         })
     }
 
-    fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
+    pub(crate) fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
         self.mirror.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -444,6 +472,39 @@ impl Cluster {
 
     fn store(&self) -> &dyn Store {
         self.config.store.as_ref()
+    }
+
+    /// The live membership lease, granted (and its keeper started) if there is none or the
+    /// last one was lost. `Ok(None)`: the store has no leases; records are then written
+    /// without one (and outlive a dead host).
+    async fn lease(&self) -> Result<Option<LeaseId>> {
+        let mut m = self.membership.lock().await;
+        if let Some(m) = m.as_ref().filter(|m| !m.keeper.is_lost()) {
+            return Ok(Some(m.lease));
+        }
+        let ttl = self.config.lease_ttl;
+        match self.store().grant_lease(ttl).await {
+            Ok(lease) => {
+                let keeper = LeaseKeeper::spawn(self.config.store.clone(), lease, ttl);
+                tracing::debug!(node = %self.config.node, %lease, "cluster membership lease granted");
+                *m = Some(Membership { lease, keeper });
+                Ok(Some(lease))
+            }
+            Err(StoreError::Unsupported { .. }) => {
+                tracing::warn!(node = %self.config.node, "the cluster store has no leases: a dead host's endpoints will not be removed");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// True if the membership lease was granted and then lost.
+    async fn lease_lost(&self) -> bool {
+        self.membership
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|m| m.keeper.is_lost())
     }
 }
 
@@ -772,10 +833,91 @@ impl Controller {
         let Some(cluster) = self.cluster() else {
             return Ok(());
         };
-        cluster
-            .store()
-            .put(&endpoint_key(&ep.network_id, &ep.id), records::encode(ep)?)
-            .await?;
+        let key = endpoint_key(&ep.network_id, &ep.id);
+        let value = records::encode(ep)?;
+        // Once more with a new lease if the one just read expired meanwhile.
+        for _ in 0..2 {
+            let op = match cluster.lease().await? {
+                Some(lease) => Op::PutWithLease {
+                    key: key.clone(),
+                    value: value.clone(),
+                    lease,
+                },
+                None => Op::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                },
+            };
+            match cluster.store().apply(vec![op]).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::LeaseNotFound { lease }) => {
+                    tracing::warn!(endpoint = %ep.id, %lease, "membership lease gone while publishing; granting another");
+                    let mut m = cluster.membership.lock().await;
+                    if m.as_ref().is_some_and(|m| m.lease == lease) {
+                        *m = None;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::InvalidRequest {
+            kind: ObjectKind::Endpoint,
+            name: ep.id.clone(),
+            reason: "the membership lease expired twice while publishing the endpoint".into(),
+        })
+    }
+
+    /// Writes the records of every local endpoint of a cluster network again, attached to the
+    /// current membership lease: at open (a restarted controller re-attaches its endpoints,
+    /// whose records may have expired or still belong to the previous lease) and after the
+    /// lease was lost (the host was paused or cut from the store longer than the ttl).
+    ///
+    /// Each network's endpoints are read and written under its lock, so a concurrent
+    /// disconnect's withdrawal is never undone by a stale rewrite.
+    pub(crate) async fn republish_endpoints(&self) -> Result<()> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(());
+        };
+        let networks: BTreeSet<String> = {
+            let records = self.records();
+            records
+                .endpoints
+                .values()
+                .filter(|e| {
+                    records
+                        .networks
+                        .get(&e.network_id)
+                        .is_some_and(|n| n.info.options.kind().is_cluster_scoped())
+                })
+                .map(|e| e.network_id.clone())
+                .collect()
+        };
+        let mut count = 0;
+        for network_id in networks {
+            let _guard = cluster.lock(&network_id).await;
+            let local: Vec<ClusterEndpoint> = {
+                let records = self.records();
+                records
+                    .endpoints
+                    .values()
+                    .filter(|e| e.network_id == network_id)
+                    .filter_map(|e| {
+                        let sb = records.sandboxes.get(&e.sandbox_id)?;
+                        self.cluster_endpoint(&e.network_id, &e.info, &sb.name, &e.aliases)
+                    })
+                    .collect()
+            };
+            for ep in &local {
+                self.publish_endpoint(ep).await?;
+            }
+            count += local.len();
+        }
+        if count > 0 {
+            tracing::info!(
+                endpoints = count,
+                "cluster endpoint records attached to the membership lease"
+            );
+        }
         Ok(())
     }
 
@@ -960,9 +1102,20 @@ impl Controller {
             .map(|e| e.network_id.clone())
             .collect();
         let stream = self.resync(Some(&local)).await?;
+        // A restarted controller re-attaches its endpoints to a lease of its own (the
+        // previous controller's lease expires, or has already taken the records with it).
+        self.republish_endpoints().await?;
         let weak = Arc::downgrade(&self.inner);
-        let shutdown = cluster.shutdown.subscribe();
-        tokio::spawn(watch_loop(weak, stream, shutdown));
+        tokio::spawn(watch_loop(
+            weak.clone(),
+            stream,
+            cluster.shutdown.subscribe(),
+        ));
+        tokio::spawn(lease_loop(
+            weak,
+            cluster.config.lease_ttl,
+            cluster.shutdown.subscribe(),
+        ));
         Ok(())
     }
 
@@ -1088,6 +1241,43 @@ impl Controller {
         match self.cluster() {
             Some(c) => peers_of(&c.mirror(), network_id),
             None => BTreeSet::new(),
+        }
+    }
+}
+
+/// Watches the membership lease: when it is lost (it expired while the host was paused or cut
+/// from the store), grants another and writes the local endpoints' records again. Holds the
+/// controller only while doing so, and stops when the controller is dropped.
+async fn lease_loop(
+    weak: Weak<Inner>,
+    ttl: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<()>,
+) {
+    let period = (ttl / 3).max(Duration::from_millis(50));
+    // Set from a loss until every record is written again.
+    let mut pending = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let controller = Controller { inner };
+        let Some(cluster) = controller.cluster() else {
+            return;
+        };
+        if cluster.lease_lost().await {
+            tracing::warn!(node = %cluster.config.node, "cluster membership lease lost; publishing this host's endpoints again");
+            pending = true;
+        }
+        if !pending {
+            continue;
+        }
+        match controller.republish_endpoints().await {
+            Ok(()) => pending = false,
+            Err(e) => {
+                tracing::warn!(error = %e, "republishing endpoints after a lost lease; will retry")
+            }
         }
     }
 }

@@ -24,6 +24,7 @@
 //! hosts through a shared store) is configured with [`ClusterConfig`].
 
 mod cluster;
+pub mod diagnose;
 mod error;
 pub mod files;
 pub mod inspect;
@@ -58,7 +59,8 @@ use crate::store::{EmbeddedStore, Store};
 use crate::sys::NetNs;
 use crate::sys::rtnl::{Handle, IpVersion, Route};
 
-pub use cluster::{ClusterConfig, ClusterEndpoint};
+pub use cluster::{ClusterConfig, ClusterEndpoint, DEFAULT_LEASE_TTL};
+pub use diagnose::{Diagnosis, Finding};
 pub use error::{Error, ObjectKind, Result};
 pub use files::SandboxFiles;
 pub use inspect::NetworkInspect;
@@ -271,6 +273,13 @@ impl Controller {
 
     /// Creates a network (`docker network create`).
     pub async fn create_network(&self, spec: NetworkSpec) -> Result<NetworkInspect> {
+        if spec.name == GWBRIDGE_NETWORK {
+            return Err(Error::InvalidRequest {
+                kind: ObjectKind::Network,
+                name: spec.name,
+                reason: "the name is reserved for the overlay egress bridge".into(),
+            });
+        }
         let _guard = self.inner.network_lock.lock().await;
         let id = self.create_network_locked(spec, false).await?;
         self.inspect_network(&id)
@@ -624,9 +633,17 @@ impl Controller {
     pub fn sandbox(&self, name_or_id: &str) -> Result<SandboxInfo> {
         let records = self.records();
         let sb = records.sandbox(name_or_id)?;
+        // The egress bridge's endpoint is wharf's, not the user's: hidden, as Docker hides
+        // docker_gwbridge from a container's networks.
         let endpoints = records
             .endpoints_of(&sb.id)
             .iter()
+            .filter(|ep| {
+                !records
+                    .networks
+                    .get(&ep.network_id)
+                    .is_some_and(is_gwbridge)
+            })
             .map(|ep| records.details(ep))
             .collect();
         let (netns_path, netns_name) = match &sb.namespace {
@@ -674,8 +691,115 @@ impl Controller {
         if unknown {
             self.learn_from_store(network).await?;
         }
+        self.refuse_gwbridge(&sb_name, network)?;
         let lock = self.sandbox_lock(&sb_name);
         let _guard = lock.lock().await;
+        let details = self.connect_locked(sandbox, network, spec).await?;
+        // A non-internal overlay gives no way out: the sandbox gets an endpoint on the
+        // host's egress bridge as well (or the whole connect is undone).
+        if let Err(e) = self.attach_gwbridge(&details).await {
+            if let Err(undo) = self.disconnect_locked(&details.id).await {
+                tracing::warn!(endpoint = %details.id, error = %undo, "undoing a connect whose egress bridge failed");
+            }
+            return Err(e);
+        }
+        Ok(details)
+    }
+
+    /// Refuses direct use of the egress bridge: its endpoints follow the overlays.
+    fn refuse_gwbridge(&self, sandbox: &str, network: &str) -> Result<()> {
+        if self.records().network(network).is_ok_and(is_gwbridge) {
+            return Err(Error::InvalidRequest {
+                kind: ObjectKind::Endpoint,
+                name: format!("{sandbox} on {network}"),
+                reason: format!(
+                    "{GWBRIDGE_NETWORK} is managed by wharf: a sandbox joins it with its first \
+                     non-internal overlay and leaves it with its last"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// True if the sandbox has an endpoint on a non-internal cluster network.
+    fn needs_gwbridge(&self, sandbox_id: &str) -> bool {
+        let records = self.records();
+        records.endpoints_of(sandbox_id).iter().any(|e| {
+            records
+                .networks
+                .get(&e.network_id)
+                .is_some_and(|n| n.info.options.kind().is_cluster_scoped() && !n.info.internal)
+        })
+    }
+
+    /// The sandbox's endpoint on the egress bridge, if any.
+    fn gwbridge_endpoint(&self, sandbox_id: &str) -> Option<String> {
+        let records = self.records();
+        records
+            .endpoints_of(sandbox_id)
+            .iter()
+            .find(|e| records.networks.get(&e.network_id).is_some_and(is_gwbridge))
+            .map(|e| e.info.id.clone())
+    }
+
+    /// After a connect (sandbox lock held): a sandbox that joined a non-internal overlay and
+    /// has no endpoint on [`GWBRIDGE_NETWORK`] gets one (the bridge is created on demand).
+    async fn attach_gwbridge(&self, joined: &EndpointDetails) -> Result<()> {
+        let sandbox_id = self.records().sandbox(&joined.sandbox)?.id.clone();
+        if !self.needs_gwbridge(&sandbox_id) || self.gwbridge_endpoint(&sandbox_id).is_some() {
+            return Ok(());
+        }
+        self.ensure_gwbridge().await?;
+        self.connect_locked(&sandbox_id, GWBRIDGE_NETWORK, EndpointSpec::default())
+            .await?;
+        Ok(())
+    }
+
+    /// After a disconnect (sandbox lock held): a sandbox left without a non-internal overlay
+    /// leaves the egress bridge too.
+    async fn detach_gwbridge(&self, sandbox_id: &str) -> Result<()> {
+        if self.needs_gwbridge(sandbox_id) {
+            return Ok(());
+        }
+        match self.gwbridge_endpoint(sandbox_id) {
+            Some(ep) => self.disconnect_locked(&ep).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Creates the egress bridge network if it does not exist yet: a local bridge named
+    /// [`GWBRIDGE_NETWORK`] (device of the same name) with icc off and masquerade on, its subnet
+    /// from the local pools.
+    async fn ensure_gwbridge(&self) -> Result<()> {
+        if self.records().network_by_name(GWBRIDGE_NETWORK).is_some() {
+            return Ok(());
+        }
+        let _guard = self.inner.network_lock.lock().await;
+        if self.records().network_by_name(GWBRIDGE_NETWORK).is_some() {
+            return Ok(());
+        }
+        let spec = NetworkSpec {
+            name: GWBRIDGE_NETWORK.into(),
+            driver: DriverOptions::Bridge(BridgeOptions {
+                name: Some(GWBRIDGE_NETWORK.into()),
+                icc: Some(false),
+                masquerade: Some(true),
+                ..BridgeOptions::default()
+            }),
+            ..NetworkSpec::default()
+        };
+        self.create_network_locked(spec, true).await?;
+        tracing::info!("egress bridge {GWBRIDGE_NETWORK} created");
+        Ok(())
+    }
+
+    /// [`Controller::connect`] with the sandbox lock held.
+    async fn connect_locked(
+        &self,
+        sandbox: &str,
+        network: &str,
+        spec: EndpointSpec,
+    ) -> Result<EndpointDetails> {
         // Looked up again under the lock: the sandbox may have been deleted meanwhile.
         let (sb, net) = {
             let records = self.records();
@@ -961,9 +1085,10 @@ impl Controller {
     /// non-internal network of the sandbox (in connection order) takes it over.
     pub async fn disconnect(&self, sandbox: &str, network: &str) -> Result<()> {
         let sb_name = self.records().sandbox(sandbox)?.name.clone();
+        self.refuse_gwbridge(&sb_name, network)?;
         let lock = self.sandbox_lock(&sb_name);
         let _guard = lock.lock().await;
-        let ep_id = {
+        let (ep_id, sb_id) = {
             let records = self.records();
             let sb = records.sandbox(sandbox)?;
             let net = records.network(network)?;
@@ -971,13 +1096,19 @@ impl Controller {
                 .endpoints_of(&sb.id)
                 .into_iter()
                 .find(|e| e.network_id == net.info.id)
-                .map(|e| e.info.id.clone())
+                .map(|e| (e.info.id.clone(), sb.id.clone()))
                 .ok_or_else(|| Error::NotConnected {
                     sandbox: sb.name.clone(),
                     network: net.info.name.clone(),
                 })?
         };
-        self.disconnect_locked(&ep_id).await
+        self.disconnect_locked(&ep_id).await?;
+        // The network is left; a failure to leave the egress bridge is only logged (the
+        // endpoint stays, harmless, and goes with the sandbox or its next overlay's leave).
+        if let Err(e) = self.detach_gwbridge(&sb_id).await {
+            tracing::warn!(sandbox = %sb_name, error = %e, "leaving the egress bridge");
+        }
+        Ok(())
     }
 
     async fn disconnect_locked(&self, ep_id: &str) -> Result<()> {
@@ -1110,7 +1241,10 @@ impl Controller {
                 .filter(|e| e.info.id != leaving)
                 .filter_map(|e| {
                     let net = records.networks.get(&e.network_id)?;
-                    (!net.info.internal).then(|| (e.clone(), net.info.clone()))
+                    // An overlay's gateway address is no way out (the egress bridge is).
+                    let routable =
+                        !net.info.internal && !net.info.options.kind().is_cluster_scoped();
+                    routable.then(|| (e.clone(), net.info.clone()))
                 })
                 .collect()
         };
@@ -1384,7 +1518,7 @@ impl Controller {
         let dns = NetworkDns {
             internal: info.internal,
             upstreams: None,
-            resolves_names: !is_default_bridge(info),
+            resolves_names: !is_default_bridge(info) && !is_gwbridge(net),
         };
         let key = NetworkKey {
             id: info.id.clone(),
@@ -1558,6 +1692,17 @@ fn host_resolv_conf(config: &ControllerConfig, host: &NetNs) -> PathBuf {
         }
     }
     PathBuf::from("/etc/resolv.conf")
+}
+
+/// The name of the egress bridge network of a cluster host (Docker's `docker_gwbridge`), and
+/// of its bridge device: every sandbox on a non-internal overlay also has an endpoint on it,
+/// which carries its default route (icc off, masquerade on). Created on demand, hidden from the
+/// sandbox's endpoints, shown in its own inspect as containers `gateway_<sandbox id, 12 hex>`.
+pub const GWBRIDGE_NETWORK: &str = "wharf_gwbridge";
+
+/// Whether a network is the egress bridge (no name resolution on it; managed by wharf).
+pub(crate) fn is_gwbridge(net: &NetworkRecord) -> bool {
+    net.predefined && net.info.name == GWBRIDGE_NETWORK
 }
 
 /// Whether a network is the predefined default `bridge` (no name resolution on it).

@@ -206,10 +206,17 @@ pub(crate) fn inspect(
         .filter(|e| e.network_id == info.id)
         .filter_map(|e| {
             let sb = records.sandboxes.get(&e.sandbox_id)?;
+            // Docker shows docker_gwbridge's endpoints as `gateway_<id>` pseudo-containers.
+            let (key, name) = if super::is_gwbridge(net) {
+                let short: String = sb.id.chars().take(12).collect();
+                (format!("gateway_{short}"), format!("gateway_{short}"))
+            } else {
+                (sb.id.clone(), sb.name.clone())
+            };
             Some((
-                sb.id.clone(),
+                key,
                 ContainerInspect {
-                    name: sb.name.clone(),
+                    name,
                     endpoint_id: e.info.id.clone(),
                     mac_address: if info.options.kind() == crate::driver::DriverKind::Host {
                         String::new()

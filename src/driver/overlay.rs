@@ -30,8 +30,9 @@
 //!   in from the cluster store ([`Driver::peer_add`], [`Driver::peer_remove`]).
 //! - MTU: the underlay device's minus 50 (VXLAN over IPv4) unless the network sets one; the
 //!   containers' interfaces get the same.
-//! - No way out yet: joining gives the sandbox no gateway (Docker routes overlay containers out
-//!   through a second endpoint on `docker_gwbridge`; see `docs/ARCHITECTURE.md`).
+//! - No way out through the overlay: joining gives the sandbox no gateway; the controller routes
+//!   overlay containers out through a second endpoint on the host's egress bridge
+//!   (`wharf_gwbridge`, Docker's `docker_gwbridge`; see `docs/ARCHITECTURE.md`).
 //!
 //! The driver keeps open handles into the networks' namespaces as a cache only; everything is
 //! found again from the kernel by name. The caller (the controller) serialises the joins,
@@ -431,7 +432,7 @@ impl Driver for OverlayDriver {
         match configured {
             Ok(ifindex) => Ok(Joined {
                 ifindex: Some(ifindex),
-                // No way out of an overlay until the gateway bridge exists.
+                // The way out is the controller's egress bridge, not the overlay.
                 gateway_v4: None,
                 gateway_v6: None,
             }),

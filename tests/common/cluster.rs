@@ -14,6 +14,9 @@ use wharf::store::{MemoryStore, Store};
 use wharf::sys::NetNs;
 use wharf::sys::rtnl::{Handle, NeighState};
 
+/// The membership lease of the hosts, unless a test asks for another.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+
 /// How long a lookup may take in these tests.
 pub const QUICK: Duration = Duration::from_millis(800);
 
@@ -132,6 +135,23 @@ impl Cluster {
         store: Arc<dyn Store>,
         store_of: impl Fn(usize) -> Arc<dyn Store>,
     ) -> Self {
+        Self::with_options(roles, store, store_of, LEASE_TTL).await
+    }
+
+    /// Hosts named `roles` sharing a `MemoryStore`, with membership leases of `lease_ttl`.
+    pub async fn with_lease_ttl(roles: &[&str], lease_ttl: Duration) -> Self {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let s = store.clone();
+        Self::with_options(roles, store, move |_| s.clone(), lease_ttl).await
+    }
+
+    /// Hosts named `roles`, reaching the store through `store_of(i)`, with leases of `lease_ttl`.
+    pub async fn with_options(
+        roles: &[&str],
+        store: Arc<dyn Store>,
+        store_of: impl Fn(usize) -> Arc<dyn Store>,
+        lease_ttl: Duration,
+    ) -> Self {
         let lab = Lab::new();
         let underlay = lab.underlay(roles).await.expect("underlay");
         let mut hosts = Vec::new();
@@ -143,7 +163,9 @@ impl Cluster {
             let mut config = ControllerConfig::new(state)
                 .host(ns.clone())
                 .netns_prefix(format!("{}{role}-", lab.netns_prefix()))
-                .cluster(ClusterConfig::new(store_of(i), *role, IpAddr::V4(addr)));
+                .cluster(
+                    ClusterConfig::new(store_of(i), *role, IpAddr::V4(addr)).lease_ttl(lease_ttl),
+                );
             config.sandbox_files_dir = files_dir;
             config.host_resolv_conf = Some(resolv);
             let wharf = Controller::open(config.clone())
@@ -180,6 +202,12 @@ impl Cluster {
         host.wharf = None;
         // Let the watcher notice and let go of the state store.
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    /// Kills a host: its controller is dropped without any cleanup (its containers stay, its
+    /// lease is no longer refreshed).
+    pub async fn kill(&mut self, role: &str) {
+        self.stop(role).await;
     }
 
     /// Starts a stopped host's controller again.
