@@ -795,7 +795,12 @@ mod tests {
     async fn a_created_vlan_is_shared_remembered_and_deleted_by_its_last_user() {
         let vlan10 = Arc::new(Mutex::new(false));
         let ops: Arc<dyn LinkOps> = Arc::new(host(vlan10.clone()));
-        let handle = Handle::current().await.unwrap();
+        // The parent side is mocked; the handle the driver also holds points at a throwaway
+        // namespace, never at the machine's own.
+        let lab = crate::lab::Lab::new();
+        let handle = Handle::in_netns(&lab.namespace("host").await.unwrap())
+            .await
+            .unwrap();
         let driver = MacvlanDriver::with_parent_ops(handle.clone(), ops.clone());
 
         // The first network finds eth0.10 missing: it records that wharf makes it, and makes it.
@@ -839,8 +844,11 @@ mod tests {
         let mut ops = MockLinkOps::new();
         ops.expect_get_link()
             .returning(|name| Ok(link(2, name, LinkKind::Veth)));
-        let driver =
-            MacvlanDriver::with_parent_ops(Handle::current().await.unwrap(), Arc::new(ops));
+        let lab = crate::lab::Lab::new();
+        let handle = Handle::in_netns(&lab.namespace("host").await.unwrap())
+            .await
+            .unwrap();
+        let driver = MacvlanDriver::with_parent_ops(handle, Arc::new(ops));
         let mut whole = network('a', "eth0");
         if let DriverOptions::Macvlan(o) = &mut whole.options {
             o.mode = MacvlanMode::Passthru;
