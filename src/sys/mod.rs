@@ -8,12 +8,14 @@
 //!   namespace.
 //! - [`nft`]: nftables over netfilter netlink (tables, chains, rules, sets and maps, applied in
 //!   atomic batches), through an [`NftHandle`] bound to one namespace.
+//! - [`icmp`]: ICMP echo probes with DF set (path checks for the overlay diagnosis).
 //! - [`error`]: the typed errors every kernel operation returns.
 //!
 //! Nothing here knows what a container, a network or an endpoint is: it speaks of namespaces,
 //! links, addresses, routes and firewall rules.
 
 pub mod error;
+pub mod icmp;
 pub mod netns;
 pub mod nft;
 pub mod rtnl;
