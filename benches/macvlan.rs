@@ -6,8 +6,11 @@
 //!   addresses, loopback up) through the sandbox handle the controller keeps open.
 //! - `detach`: the driver's leave: deleting the macvlan inside the container.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use common::time_phase;
 use criterion::{Criterion, criterion_group, criterion_main};
 use wharf::driver::macvlan::MacvlanDriver;
 use wharf::driver::{
@@ -127,41 +130,33 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(4));
 
     group.bench_function("macvlan_in_ns", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let t = Instant::now();
-                create_macvlan(w).await;
-                total += t.elapsed();
-                detach(w).await;
-            }
-            total
+        b.to_async(&rt).iter_custom(|iters| {
+            time_phase(
+                iters,
+                async || {},
+                async || create_macvlan(w).await,
+                async || detach(w).await,
+            )
         })
     });
-
     group.bench_function("attach", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let t = Instant::now();
-                attach(w).await;
-                total += t.elapsed();
-                detach(w).await;
-            }
-            total
+        b.to_async(&rt).iter_custom(|iters| {
+            time_phase(
+                iters,
+                async || {},
+                async || attach(w).await,
+                async || detach(w).await,
+            )
         })
     });
-
     group.bench_function("detach", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                attach(w).await;
-                let t = Instant::now();
-                detach(w).await;
-                total += t.elapsed();
-            }
-            total
+        b.to_async(&rt).iter_custom(|iters| {
+            time_phase(
+                iters,
+                async || attach(w).await,
+                async || detach(w).await,
+                async || {},
+            )
         })
     });
     group.finish();

@@ -6,8 +6,11 @@
 //!   and IPv6 addresses, default route), as the bridge driver's join does.
 //! - `detach`: deleting the host end (which deletes the pair).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+mod common;
+
+use common::time_phase;
 use criterion::{Criterion, criterion_group, criterion_main};
 use wharf::lab::Lab;
 use wharf::sys::NetNs;
@@ -98,44 +101,26 @@ fn bench(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(4));
 
     group.bench_function("veth_peer_in_ns", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let t = Instant::now();
-                create_veth(w).await;
-                total += t.elapsed();
-                detach(w).await;
-            }
-            total
+        b.to_async(&rt).iter_custom(|iters| {
+            time_phase(
+                iters,
+                async || {},
+                async || create_veth(w).await,
+                async || detach(w).await,
+            )
         })
     });
-
+    let attach = async || {
+        create_veth(w).await;
+        configure_container(w).await;
+    };
     group.bench_function("attach", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let t = Instant::now();
-                create_veth(w).await;
-                configure_container(w).await;
-                total += t.elapsed();
-                detach(w).await;
-            }
-            total
-        })
+        b.to_async(&rt)
+            .iter_custom(|iters| time_phase(iters, async || {}, &attach, async || detach(w).await))
     });
-
     group.bench_function("detach", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                create_veth(w).await;
-                configure_container(w).await;
-                let t = Instant::now();
-                detach(w).await;
-                total += t.elapsed();
-            }
-            total
-        })
+        b.to_async(&rt)
+            .iter_custom(|iters| time_phase(iters, &attach, async || detach(w).await, async || {}))
     });
     group.finish();
 }
