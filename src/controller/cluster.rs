@@ -55,7 +55,9 @@ pub const KEY_CLUSTER: &str = "cluster/v1/";
 const KEY_C_NETWORKS: &str = "cluster/v1/networks/";
 const KEY_C_NAMES: &str = "cluster/v1/names/";
 const KEY_C_VNI: &str = "cluster/v1/vni/";
-const KEY_C_ENDPOINTS: &str = "cluster/v1/endpoints/";
+pub(crate) const KEY_C_ENDPOINTS: &str = "cluster/v1/endpoints/";
+/// Host membership: `cluster/v1/nodes/<node>` ([`NodeRecord`]), on the node's lease.
+pub(crate) const KEY_C_NODES: &str = "cluster/v1/nodes/";
 
 /// How many VNIs a network creation tries before giving up (others may be taking them).
 const VNI_ATTEMPTS: usize = 64;
@@ -113,6 +115,16 @@ impl ClusterConfig {
         self.lease_ttl = ttl;
         self
     }
+}
+
+/// A live host of the cluster (`cluster/v1/nodes/<node>`), written on the host's membership
+/// lease: it vanishes with the host. Services are placed over these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct NodeRecord {
+    /// The node's name.
+    pub node: String,
+    /// Its underlay address.
+    pub addr: IpAddr,
 }
 
 /// An endpoint of a cluster network as the other hosts see it
@@ -421,6 +433,10 @@ pub(crate) struct Cluster {
     shutdown: tokio::sync::watch::Sender<()>,
     /// Set when programming a network failed: the watcher retries from the kernel.
     retry: std::sync::atomic::AtomicBool,
+    /// Services: the watcher's copy of their records and the reconciler's wake-up.
+    pub services: super::service::Services,
+    /// This host's routing mesh, as last programmed.
+    pub mesh: tokio::sync::Mutex<super::mesh::MeshState>,
     /// This host's membership lease and its keeper (`None` before the first grant, or when the
     /// store has no leases); dropped with the controller, so the lease then expires.
     membership: tokio::sync::Mutex<Option<Membership>>,
@@ -448,6 +464,8 @@ impl Cluster {
             nets: Mutex::new(HashMap::new()),
             shutdown,
             retry: std::sync::atomic::AtomicBool::new(false),
+            services: super::service::Services::default(),
+            mesh: tokio::sync::Mutex::new(super::mesh::MeshState::default()),
             membership: tokio::sync::Mutex::new(None),
         })
     }
@@ -547,7 +565,12 @@ impl Controller {
     // ---- networks ------------------------------------------------------------------------
 
     /// Creates a cluster network (called with the network lock held).
-    pub(crate) async fn create_cluster_network(&self, spec: NetworkSpec) -> Result<String> {
+    /// `predefined`: wharf's own `ingress`, which users cannot delete.
+    pub(crate) async fn create_cluster_network(
+        &self,
+        spec: NetworkSpec,
+        predefined: bool,
+    ) -> Result<String> {
         let cluster = self.require_cluster(&spec.name)?;
         let DriverOptions::Overlay(mut opts) = spec.driver.clone() else {
             return Err(Error::InvalidRequest {
@@ -645,7 +668,7 @@ impl Controller {
                 created: created.clone(),
                 attachable: spec.attachable,
                 labels: spec.labels.clone(),
-                predefined: false,
+                predefined,
             };
             let ops = vec![
                 Op::Create {
@@ -728,6 +751,7 @@ impl Controller {
     pub(crate) async fn delete_cluster_network(&self, record: NetworkRecord) -> Result<()> {
         let cluster = self.require_cluster(&record.info.name)?;
         let info = &record.info;
+        self.refuse_if_service_network(&info.id, &info.name)?;
         let mut in_use: Vec<String> = cluster
             .store()
             .list(&format!("{KEY_C_ENDPOINTS}{}/", info.id))
@@ -830,11 +854,17 @@ impl Controller {
 
     /// Publishes a local endpoint of a cluster network for the other hosts.
     pub(crate) async fn publish_endpoint(&self, ep: &ClusterEndpoint) -> Result<()> {
+        let key = endpoint_key(&ep.network_id, &ep.id);
+        let value = records::encode(ep)?;
+        self.put_on_lease(key, value, &ep.id).await
+    }
+
+    /// Writes `key` on the membership lease (plainly if the store has no leases); once more
+    /// with a new lease if the current one expired meanwhile. `what` names it for errors.
+    async fn put_on_lease(&self, key: String, value: Vec<u8>, what: &str) -> Result<()> {
         let Some(cluster) = self.cluster() else {
             return Ok(());
         };
-        let key = endpoint_key(&ep.network_id, &ep.id);
-        let value = records::encode(ep)?;
         // Once more with a new lease if the one just read expired meanwhile.
         for _ in 0..2 {
             let op = match cluster.lease().await? {
@@ -851,7 +881,7 @@ impl Controller {
             match cluster.store().apply(vec![op]).await {
                 Ok(_) => return Ok(()),
                 Err(StoreError::LeaseNotFound { lease }) => {
-                    tracing::warn!(endpoint = %ep.id, %lease, "membership lease gone while publishing; granting another");
+                    tracing::warn!(key = %what, %lease, "membership lease gone while publishing; granting another");
                     let mut m = cluster.membership.lock().await;
                     if m.as_ref().is_some_and(|m| m.lease == lease) {
                         *m = None;
@@ -862,8 +892,8 @@ impl Controller {
         }
         Err(Error::InvalidRequest {
             kind: ObjectKind::Endpoint,
-            name: ep.id.clone(),
-            reason: "the membership lease expired twice while publishing the endpoint".into(),
+            name: what.to_owned(),
+            reason: "the membership lease expired twice while publishing the record".into(),
         })
     }
 
@@ -878,6 +908,7 @@ impl Controller {
         let Some(cluster) = self.cluster() else {
             return Ok(());
         };
+        self.publish_node().await?;
         let networks: BTreeSet<String> = {
             let records = self.records();
             records
@@ -919,6 +950,19 @@ impl Controller {
             );
         }
         Ok(())
+    }
+
+    /// Writes this host's membership record on its lease (at open and after a lost lease).
+    async fn publish_node(&self) -> Result<()> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(());
+        };
+        let key = format!("{KEY_C_NODES}{}", cluster.config.node);
+        let value = records::encode(&NodeRecord {
+            node: cluster.config.node.clone(),
+            addr: cluster.config.advertise_addr,
+        })?;
+        self.put_on_lease(key, value, &cluster.config.node).await
     }
 
     /// Withdraws a local endpoint of a cluster network.
@@ -1112,8 +1156,13 @@ impl Controller {
             cluster.shutdown.subscribe(),
         ));
         tokio::spawn(lease_loop(
-            weak,
+            weak.clone(),
             cluster.config.lease_ttl,
+            cluster.shutdown.subscribe(),
+        ));
+        tokio::spawn(super::service::service_loop(
+            weak,
+            cluster.services.wake.clone(),
             cluster.shutdown.subscribe(),
         ));
         Ok(())
@@ -1133,6 +1182,7 @@ impl Controller {
         let stream = cluster.store().watch(KEY_CLUSTER).await?;
         let mut listing = cluster.store().list(KEY_C_NETWORKS).await?;
         listing.extend(cluster.store().list(KEY_C_ENDPOINTS).await?);
+        let services = cluster.store().list(super::service::KEY_C_SERVICES).await?;
         let (touched, networks) = {
             let mut mirror = cluster.mirror();
             let touched = mirror.replace(&listing);
@@ -1174,6 +1224,8 @@ impl Controller {
         for id in ids {
             self.reconcile(&id, true).await;
         }
+        // Services last: their tasks join the networks just learnt.
+        cluster.services.replace(&services);
         tracing::debug!(node = %cluster.config.node, "cluster state synchronised");
         Ok(stream)
     }
@@ -1182,6 +1234,10 @@ impl Controller {
         let Some(cluster) = self.cluster() else {
             return;
         };
+        if event.key().starts_with(super::service::KEY_C_SERVICES) {
+            cluster.services.apply(&event);
+            return;
+        }
         let (touched, record) = {
             let mut mirror = cluster.mirror();
             let touched = mirror.apply(&event);
@@ -1195,6 +1251,15 @@ impl Controller {
             (Some(Touched::Network(_)), Some(record)) => self.learn_network(record),
             (Some(Touched::Network(id)), None) => self.forget_network(&id),
             (Some(Touched::Endpoints(net)), _) => {
+                // The routing mesh balances over the replicas' ingress endpoints.
+                let ingress = self
+                    .records()
+                    .networks
+                    .get(&net)
+                    .is_some_and(super::is_ingress);
+                if ingress {
+                    cluster.services.wake.notify_one();
+                }
                 let known = cluster
                     .nets
                     .lock()
