@@ -279,11 +279,7 @@ impl Controller {
     }
 
     /// Rebuilds the balancing table in `ingress-sbox` in one atomic batch.
-    async fn program_mesh_table(
-        &self,
-        ingress: &str,
-        wanted: &Balancing,
-    ) -> Result<()> {
+    async fn program_mesh_table(&self, ingress: &str, wanted: &Balancing) -> Result<()> {
         let ns = self.sandbox_netns(INGRESS_SANDBOX)?;
         let ifname = self.endpoint(INGRESS_SANDBOX, ingress).map(|e| e.ifname)?;
         let nft = NftHandle::open(&ns).await?;
