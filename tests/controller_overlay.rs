@@ -531,6 +531,19 @@ async fn a_dead_hosts_endpoints_are_removed_after_its_lease() {
     assert_eq!(c.host("manager").entries(&net.id).await.unwrap().len(), 4);
     assert!(c.host("manager").ping_by_name("m-a", "w2-a").await);
 
+    let dead_ip = records_of(&c, &net.id, "worker-2").await[0].ipv4.unwrap();
+    let store = c.store.clone();
+    let addr_keys = || async {
+        store
+            .list(&format!("ipam/v1/cluster/addrs/{}/", net.id))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|kv| kv.key.rsplit('/').next().unwrap().to_owned())
+            .collect::<BTreeSet<String>>()
+    };
+    assert_eq!(addr_keys().await.len(), 3);
+
     // worker-2 dies: its controller goes without disconnecting anything.
     c.kill("worker-2").await;
     assert!(
@@ -565,6 +578,15 @@ async fn a_dead_hosts_endpoints_are_removed_after_its_lease() {
         .map(|p| p.name)
         .collect();
     assert_eq!(peers, ["manager", "worker-1"]);
+    // A survivor releases its cluster address (the two survivors race; exactly one wins).
+    assert!(
+        eventually(CONVERGED, || async {
+            !addr_keys().await.contains(&dead_ip.to_string())
+        })
+        .await,
+        "{dead_ip} of the dead host is released"
+    );
+    assert_eq!(addr_keys().await.len(), 2, "the live hosts' addresses stay");
 }
 
 #[tokio::test]

@@ -289,6 +289,9 @@ pub(crate) struct Mirror {
     /// The revision of the last change seen per key, deletions included, so that an event
     /// older than the listing it raced with is ignored.
     seen: HashMap<String, Revision>,
+    /// Endpoint records that went away (with the revision they were last written at), for
+    /// the sweep of a dead host's addresses; taken by [`Mirror::take_removed`].
+    removed: Vec<(Revision, ClusterEndpoint)>,
 }
 
 /// What a change to the mirror affects.
@@ -306,6 +309,13 @@ impl Mirror {
         self.seen.clear();
         for kv in listing {
             self.put(kv);
+        }
+        for (net, eps) in &old_endpoints {
+            for (id, old) in eps {
+                if !self.endpoints.get(net).is_some_and(|m| m.contains_key(id)) {
+                    self.removed.push(old.clone());
+                }
+            }
         }
         let mut touched = Vec::new();
         let net_ids: BTreeSet<&String> = old_networks.keys().chain(self.networks.keys()).collect();
@@ -382,7 +392,8 @@ impl Mirror {
                     }
                     ClusterKey::Endpoint { network, endpoint } => {
                         let eps = self.endpoints.get_mut(&network)?;
-                        eps.remove(&endpoint)?;
+                        let gone = eps.remove(&endpoint)?;
+                        self.removed.push(gone);
                         if eps.is_empty() {
                             self.endpoints.remove(&network);
                         }
@@ -392,6 +403,11 @@ impl Mirror {
                 }
             }
         }
+    }
+
+    /// The endpoint records removed since the last call.
+    pub fn take_removed(&mut self) -> Vec<(Revision, ClusterEndpoint)> {
+        std::mem::take(&mut self.removed)
     }
 
     /// The endpoints of `network` on other nodes than `node`.
@@ -1183,13 +1199,14 @@ impl Controller {
         let mut listing = cluster.store().list(KEY_C_NETWORKS).await?;
         listing.extend(cluster.store().list(KEY_C_ENDPOINTS).await?);
         let services = cluster.store().list(super::service::KEY_C_SERVICES).await?;
-        let (touched, networks) = {
+        let (touched, networks, removed) = {
             let mut mirror = cluster.mirror();
             let touched = mirror.replace(&listing);
             let networks: Vec<NetworkRecord> =
                 mirror.networks.values().map(|(_, r)| r.clone()).collect();
-            (touched, networks)
+            (touched, networks, mirror.take_removed())
         };
+        self.sweep(removed);
         for t in &touched {
             if let Touched::Network(id) = t {
                 if !networks.iter().any(|n| &n.info.id == id) {
@@ -1238,15 +1255,16 @@ impl Controller {
             cluster.services.apply(&event);
             return;
         }
-        let (touched, record) = {
+        let (touched, record, removed) = {
             let mut mirror = cluster.mirror();
             let touched = mirror.apply(&event);
             let record = match &touched {
                 Some(Touched::Network(id)) => mirror.networks.get(id).map(|(_, r)| r.clone()),
                 _ => None,
             };
-            (touched, record)
+            (touched, record, mirror.take_removed())
         };
+        self.sweep(removed);
         match (touched, record) {
             (Some(Touched::Network(_)), Some(record)) => self.learn_network(record),
             (Some(Touched::Network(id)), None) => self.forget_network(&id),
@@ -1271,6 +1289,71 @@ impl Controller {
             }
             (None, _) => {}
         }
+    }
+
+    /// Releases the cluster addresses of endpoint records that went away with their host (its
+    /// membership record is gone too: its lease expired), in the background. Every surviving
+    /// host tries; [`Ipam::release_if_older`] lets exactly one succeed per address and never
+    /// touches an allocation newer than the record. Records withdrawn by a live host are its
+    /// own to release (it does, on disconnect).
+    fn sweep(&self, removed: Vec<(Revision, ClusterEndpoint)>) {
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        let removed: Vec<(Revision, ClusterEndpoint)> = removed
+            .into_iter()
+            .filter(|(_, e)| e.node != cluster.config.node)
+            .collect();
+        if removed.is_empty() {
+            return;
+        }
+        let controller = self.clone();
+        tokio::spawn(async move {
+            let Some(cluster) = controller.cluster() else {
+                return;
+            };
+            let mut alive: HashMap<String, bool> = HashMap::new();
+            for (revision, ep) in removed {
+                let live = match alive.get(&ep.node) {
+                    Some(l) => *l,
+                    None => {
+                        let key = format!("{KEY_C_NODES}{}", ep.node);
+                        let l = match cluster.store().get(&key).await {
+                            Ok(kv) => kv.is_some(),
+                            Err(e) => {
+                                tracing::warn!(node = %ep.node, error = %e, "reading a membership record; not sweeping");
+                                true
+                            }
+                        };
+                        alive.insert(ep.node.clone(), l);
+                        l
+                    }
+                };
+                if live {
+                    continue;
+                }
+                let addrs = ep
+                    .ipv4
+                    .map(IpAddr::V4)
+                    .into_iter()
+                    .chain(ep.ipv6.map(IpAddr::V6));
+                for ip in addrs {
+                    match cluster
+                        .ipam
+                        .release_if_older(&ep.network_id, ip, revision)
+                        .await
+                    {
+                        Ok(true) => {
+                            tracing::info!(node = %ep.node, endpoint = %ep.name, %ip, "released the address of a dead host's endpoint")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(node = %ep.node, %ip, error = %e, "sweeping a dead host's address")
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Reconciles every known network from the kernel again, after a failure.
