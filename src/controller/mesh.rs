@@ -45,6 +45,20 @@ pub const INGRESS_SANDBOX: &str = "ingress-sbox";
 /// The mesh's table in `ingress-sbox`.
 const MESH_TABLE: &str = "wharf-mesh";
 
+/// A published port as this host's routing mesh serves it ([`Controller::routing_mesh`]; on
+/// a Docker host, what `ipvsadm -L` shows in the ingress sandbox).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MeshPort {
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// The port on this host's addresses.
+    pub published: u16,
+    /// The replicas' port.
+    pub target: u16,
+    /// The replicas' ingress addresses, every host's, in balancing order.
+    pub backends: Vec<Ipv4Addr>,
+}
+
 /// The balancing table: published port -> (target port, the replicas' ingress addresses).
 pub(crate) type Balancing = BTreeMap<(Protocol, u16), (u16, Vec<Ipv4Addr>)>;
 
@@ -108,6 +122,28 @@ impl Controller {
                 kind: ObjectKind::Network,
                 name: INGRESS_NETWORK.into(),
             })
+    }
+
+    /// The published ports this host serves now, with the replicas it balances them over:
+    /// programmed in `ingress-sbox` and published on the host.
+    pub async fn routing_mesh(&self) -> Vec<MeshPort> {
+        let Some(cluster) = self.cluster() else {
+            return Vec::new();
+        };
+        let state = cluster.mesh.lock().await;
+        let Some(table) = &state.table else {
+            return Vec::new();
+        };
+        table
+            .iter()
+            .filter(|(p, _)| state.host_ports.contains(p))
+            .map(|((protocol, published), (target, backends))| MeshPort {
+                protocol: *protocol,
+                published: *published,
+                target: *target,
+                backends: backends.clone(),
+            })
+            .collect()
     }
 
     /// Joins this host to the routing mesh (part of Docker's `swarm init` / `join`): the

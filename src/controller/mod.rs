@@ -66,6 +66,7 @@ pub use diagnose::{Diagnosis, Finding};
 pub use error::{Error, ObjectKind, Result};
 pub use files::SandboxFiles;
 pub use inspect::NetworkInspect;
+pub use mesh::{INGRESS_SANDBOX, MeshPort};
 pub use model::{
     EndpointDetails, EndpointSpec, NetworkSpec, SandboxInfo, SandboxNamespace, SandboxSpec,
 };

@@ -840,8 +840,8 @@ impl Controller {
         Ok(all.iter().map(|r| self.service_inspect(r)).collect())
     }
 
-    /// The tasks this host runs (their sandboxes exist and are connected), in service and
-    /// slot order: where a runtime starts the replicas' processes.
+    /// The tasks this host runs (their sandboxes exist and are connected to every network
+    /// they join), in service and slot order: where a runtime starts the replicas' processes.
     pub fn local_tasks(&self) -> Vec<LocalTask> {
         let Some(cluster) = self.cluster() else {
             return Vec::new();
@@ -851,6 +851,7 @@ impl Controller {
             .all()
             .iter()
             .flat_map(|s| {
+                let needed = self.task_networks(s);
                 s.tasks
                     .iter()
                     .filter(|t| t.node == cluster.config.node)
@@ -860,26 +861,46 @@ impl Controller {
                         id: t.id.clone(),
                         sandbox: s.task_name(t),
                     })
+                    // Started: on every network it joins.
+                    .filter(|t| {
+                        let records = self.records();
+                        records.sandbox_by_name(&t.sandbox).is_some_and(|sb| {
+                            let eps = records.endpoints_of(&sb.id);
+                            needed
+                                .iter()
+                                .all(|n| eps.iter().any(|e| &e.network_id == n))
+                        })
+                    })
                     .collect::<Vec<_>>()
-            })
-            .filter(|t| {
-                let records = self.records();
-                records
-                    .sandbox_by_name(&t.sandbox)
-                    .is_some_and(|sb| !records.endpoints_of(&sb.id).is_empty())
             })
             .collect();
         out.sort_by(|a, b| (&a.service, a.slot).cmp(&(&b.service, b.slot)));
         out
     }
 
+    /// The networks a task of `r` joins: the service's, then `ingress` if it publishes ports.
+    fn task_networks(&self, r: &ServiceRecord) -> Vec<String> {
+        let mut nets = r.networks.clone();
+        if !r.ports.is_empty() {
+            let ingress = self
+                .records()
+                .network_by_name(super::INGRESS_NETWORK)
+                .filter(|n| super::is_ingress(n))
+                .map(|n| n.info.id.clone());
+            // Unknown here yet: no task can have joined it.
+            nets.push(ingress.unwrap_or_default());
+        }
+        nets
+    }
+
     fn service_inspect(&self, r: &ServiceRecord) -> ServiceInspect {
+        let needed = self.task_networks(r);
         let (endpoints, networks) = match self.cluster() {
             Some(c) => {
                 let mirror = c.mirror();
                 let mut by_name: HashMap<String, Vec<(String, Option<std::net::IpAddr>)>> =
                     HashMap::new();
-                for net in &r.networks {
+                for net in &needed {
                     for (_, e) in mirror
                         .endpoints
                         .get(net)
@@ -917,7 +938,7 @@ impl Controller {
             .map(|t| {
                 let name = r.task_name(t);
                 let eps = endpoints.get(&name).cloned().unwrap_or_default();
-                let running = r.networks.iter().all(|n| eps.iter().any(|(en, _)| en == n));
+                let running = needed.iter().all(|n| eps.iter().any(|(en, _)| en == n));
                 let addresses = r
                     .networks
                     .iter()
