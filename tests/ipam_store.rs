@@ -118,3 +118,48 @@ async fn a_corrupt_record_fails_open_loudly() {
         "{err}"
     );
 }
+
+/// The sweep of a dead host's address: several sweepers, exactly one releases; an allocation
+/// newer than the record that used the address is never released.
+#[tokio::test]
+async fn release_if_older_releases_once_and_never_a_newer_allocation() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let opts = IpamOptions::cluster(b"c");
+    let owner = Ipam::open(store.clone(), opts.clone()).await.unwrap();
+    owner
+        .request_subnet(SubnetRequest::new("n", "net"))
+        .await
+        .unwrap();
+    let ip = owner
+        .allocate("n", AddressRequest::Next(Family::V4))
+        .await
+        .unwrap();
+    // The endpoint record that used it is written after the allocation.
+    let record_rev = store.put("record", b"ep".to_vec()).await.unwrap();
+    let mut sweepers = Vec::new();
+    for _ in 0..4 {
+        sweepers.push(Ipam::open(store.clone(), opts.clone()).await.unwrap());
+    }
+    let results = futures::future::join_all(
+        sweepers
+            .iter()
+            .map(|s| s.release_if_older("n", ip, record_rev)),
+    )
+    .await;
+    let released = results.iter().filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(released, 1, "{results:?}");
+    assert!(results.iter().all(|r| r.is_ok()));
+    // Taken again later: a late sweep of the old record leaves it alone.
+    let again = sweepers[0]
+        .allocate("n", AddressRequest::Static(ip))
+        .await
+        .unwrap();
+    assert_eq!(again, ip);
+    assert!(
+        !sweepers[1]
+            .release_if_older("n", ip, record_rev)
+            .await
+            .unwrap()
+    );
+    assert!(sweepers[0].is_allocated("n", ip));
+}
