@@ -950,7 +950,7 @@ impl Controller {
         };
 
         // Addresses.
-        let ep_id = names::new_id();
+        let ep_id = self.new_endpoint_id();
         let mut reserved: Vec<IpAddr> = Vec::new();
         // A cluster network's joins and leaves on this host are ordered (its data plane is made
         // with the first and removed with the last).
@@ -1260,6 +1260,24 @@ impl Controller {
                 sandbox: sb.name.clone(),
                 network: net.info.name.clone(),
             })
+    }
+
+    /// A fresh endpoint id whose first 7 hex digits no other endpoint of this controller has:
+    /// drivers name the host end of a veth after them (`veth` + 7 hex, Docker's length), and
+    /// among a thousand endpoints two random prefixes of 28 bits meet about once in 500 hosts.
+    fn new_endpoint_id(&self) -> String {
+        let records = self.records();
+        loop {
+            let id = names::new_id();
+            let prefix = id.get(..7).unwrap_or(&id);
+            if !records
+                .endpoints
+                .keys()
+                .any(|other| other.starts_with(prefix))
+            {
+                return id;
+            }
+        }
     }
 
     /// Takes the locks of several sandboxes (by id), in name order so that two batches never
