@@ -31,23 +31,10 @@ mod stats;
 
 use std::time::Instant;
 
-use stats::{env_usize, loadavg, median, ms, pct, report_series};
+use stats::{env_usize, loadavg, median, ms, pct, report_series, sandboxes};
 use wharf::controller::{Controller, ControllerConfig, EndpointSpec, NetworkSpec, SandboxSpec};
 use wharf::lab::Lab;
 use wharf::sys::rtnl::{Handle, LinkChange, LinkSpec, MacAddr, Route, VethPeer};
-
-async fn sandboxes(wharf: &Controller, prefix: &str, n: usize) -> Vec<String> {
-    let mut names = Vec::with_capacity(n);
-    for i in 0..n {
-        let name = format!("{prefix}{i}");
-        wharf
-            .create_sandbox(SandboxSpec::new(&name))
-            .await
-            .expect("sandbox");
-        names.push(name);
-    }
-    names
-}
 
 /// `k` sandboxes attached to `net`, then detached (`disconnect_many`) and deleted
 /// (`delete_sandboxes`) in batches; returns the three wall times.

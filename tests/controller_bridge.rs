@@ -573,18 +573,19 @@ async fn disconnect_many_detaches_a_batch_and_answers_for_each_pair() {
         .connect("a", "bridge", EndpointSpec::default())
         .await
         .unwrap();
-    w.wharf.create_sandbox(SandboxSpec::new("p")).await.unwrap();
-    w.wharf
-        .connect(
-            "p",
-            "app",
-            EndpointSpec {
-                ports: vec![wharf::driver::PortMapping::tcp(8080, 80)],
-                ..EndpointSpec::default()
-            },
-        )
-        .await
-        .unwrap();
+    // One container publishing host port 8080 (such an endpoint is detached on its own).
+    let publisher = async |name: &str| {
+        w.wharf
+            .create_sandbox(SandboxSpec::new(name))
+            .await
+            .unwrap();
+        let spec = EndpointSpec {
+            ports: vec![wharf::driver::PortMapping::tcp(8080, 80)],
+            ..EndpointSpec::default()
+        };
+        w.wharf.connect(name, "app", spec).await.unwrap();
+    };
+    publisher("p").await;
     let a = w.wharf.sandbox_netns("a").unwrap();
     let b_ip = w.wharf.endpoint("b", "app").unwrap().ipv4.unwrap();
     assert!(probe::can_ping(&a, b_ip.into(), probe::DEFAULT_TIMEOUT).await);
@@ -643,18 +644,7 @@ async fn disconnect_many_detaches_a_batch_and_answers_for_each_pair() {
     }
     w.wharf.endpoint("d", "app").unwrap();
     // The port is free again and the addresses are back in the pool.
-    w.wharf.create_sandbox(SandboxSpec::new("q")).await.unwrap();
-    w.wharf
-        .connect(
-            "q",
-            "app",
-            EndpointSpec {
-                ports: vec![wharf::driver::PortMapping::tcp(8080, 80)],
-                ..EndpointSpec::default()
-            },
-        )
-        .await
-        .unwrap();
+    publisher("q").await;
     let again = w
         .wharf
         .connect("a", "app", EndpointSpec::default())
