@@ -89,10 +89,16 @@ struct ListenerCx {
     shared: Arc<Shared>,
     sandbox: Box<str>,
     upstreams: Option<Arc<[SocketAddr]>>,
+    /// Counts the sandbox's queries (UDP workers and TCP connections together), so that
+    /// consecutive answers for a name with several addresses rotate: round robin.
+    rotate: std::sync::atomic::AtomicUsize,
 }
 
 impl ListenerCx {
-    fn handle(&self, query: &[u8], transport: Transport, rotate: usize) -> Action {
+    fn handle(&self, query: &[u8], transport: Transport) -> Action {
+        let rotate = self
+            .rotate
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let table = self.shared.table.load();
         let defaults = self.shared.defaults.load();
         let cx = Context {
@@ -143,12 +149,12 @@ pub(crate) async fn start(
     let cx = Arc::new(ListenerCx {
         sandbox: sandbox.into(),
         upstreams,
+        rotate: std::sync::atomic::AtomicUsize::new(0),
         shared,
     });
     let mut tasks: Vec<JoinHandle<()>> = udp
         .into_iter()
-        .enumerate()
-        .map(|(worker, sock)| tokio::spawn(serve_udp(sock, cx.clone(), worker)))
+        .map(|sock| tokio::spawn(serve_udp(sock, cx.clone())))
         .collect();
     tasks.push(tokio::spawn(serve_tcp(tcp, cx)));
     Ok(Listener {
@@ -204,10 +210,9 @@ pub(crate) fn set_recv_buffer(s: &Socket, bytes: usize) {
     }
 }
 
-async fn serve_udp(sock: Arc<UdpSocket>, cx: Arc<ListenerCx>, worker: usize) {
+async fn serve_udp(sock: Arc<UdpSocket>, cx: Arc<ListenerCx>) {
     // One byte more than the largest query, to tell a datagram that was cut.
     let mut buf = vec![0u8; MAX_UDP_QUERY + 1];
-    let mut rotate = worker;
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
             Ok(got) => got,
@@ -223,8 +228,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, cx: Arc<ListenerCx>, worker: usize) {
             continue;
         }
         let query = &buf[..n];
-        rotate = rotate.wrapping_add(1);
-        match cx.handle(query, Transport::Udp, rotate) {
+        match cx.handle(query, Transport::Udp) {
             Action::Reply(bytes) => {
                 let _ = sock.send_to(&bytes, peer).await;
             }
@@ -293,7 +297,6 @@ async fn serve_conn(stream: TcpStream, cx: Arc<ListenerCx>, _slot: OwnedSemaphor
     let wr = Arc::new(AsyncMutex::new(wr));
     let pipeline = Arc::new(Semaphore::new(TCP_PIPELINE));
     let mut forwards = JoinSet::new();
-    let mut rotate = 0usize;
     loop {
         while forwards.try_join_next().is_some() {}
         let mut len = [0u8; 2];
@@ -306,8 +309,7 @@ async fn serve_conn(stream: TcpStream, cx: Arc<ListenerCx>, _slot: OwnedSemaphor
             Ok(Ok(_)) => {}
             _ => break,
         }
-        rotate = rotate.wrapping_add(1);
-        match cx.handle(&query, Transport::Tcp, rotate) {
+        match cx.handle(&query, Transport::Tcp) {
             Action::Reply(bytes) => {
                 if write_framed(&wr, &bytes).await.is_err() {
                     break;
