@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::cluster::{Cluster, eventually};
 use common::services::{converged, overlay, scenario_4_steps_2_to_4};
-use wharf::controller::{Error, ServicePort, ServiceSpec};
+use wharf::controller::{Error, INGRESS_SANDBOX, ServicePort, ServiceSpec};
 use wharf::lab::probe;
 
 const CONVERGED: Duration = Duration::from_secs(10);
@@ -75,6 +75,22 @@ async fn a_published_port_is_reached_through_every_host_and_balanced() {
             seen.insert(reply);
         }
         assert!(seen.len() > 1, "through {} only {seen:?} answered", h.role);
+        // What the host balances over, as `nft` shows it in its ingress sandbox.
+        let mesh = h.wharf().routing_mesh().await;
+        assert_eq!(mesh.len(), 1);
+        assert_eq!((mesh[0].published, mesh[0].target), (8080, 80));
+        assert_eq!(mesh[0].backends.len(), 3);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec"])
+            .arg(format!("{}{INGRESS_SANDBOX}", h.prefix()))
+            .args(["nft", "list", "table", "ip", "wharf-mesh"])
+            .output()
+            .expect("nft runs");
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            listing.contains("numgen inc mod 3") && listing.contains(":80"),
+            "{listing}"
+        );
     }
 
     // The port goes with the service.

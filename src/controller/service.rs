@@ -1138,3 +1138,61 @@ pub(crate) async fn service_loop(
         retry = !controller.reconcile_services().await;
     }
 }
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn nodes(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn replicas_spread_evenly_ties_by_name() {
+        let n = nodes(&["manager", "worker-1", "worker-2"]);
+        let placed = place(&n, &mut BTreeMap::new(), &[1, 2, 3, 4, 5]);
+        let on: Vec<&str> = placed.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            on,
+            ["manager", "worker-1", "worker-2", "manager", "worker-1"]
+        );
+    }
+
+    #[test]
+    fn new_slots_go_to_the_least_loaded_nodes() {
+        let n = nodes(&["a", "b", "c"]);
+        let mut load = BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 1)]);
+        let placed = place(&n, &mut load, &[4, 5, 6]);
+        let on: Vec<&str> = placed.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(on, ["c", "b", "c"]);
+        // A node that left is never chosen, whatever its load.
+        let mut load = BTreeMap::from([("gone".to_string(), 0)]);
+        let placed = place(&nodes(&["a"]), &mut load, &[1]);
+        assert_eq!(placed, [(1, "a".to_string())]);
+        assert!(place(&[], &mut BTreeMap::new(), &[1]).is_empty());
+    }
+
+    #[test]
+    fn task_names_and_aliases() {
+        let r = ServiceRecord {
+            id: "x".into(),
+            name: "my-nginx".into(),
+            version: 1,
+            replicas: 1,
+            networks: vec![],
+            ports: vec![],
+            labels: BTreeMap::new(),
+            created: String::new(),
+            updated: String::new(),
+            tasks: vec![],
+        };
+        let t = TaskRecord {
+            slot: 3,
+            id: "0123456789ab".into(),
+            node: "n".into(),
+        };
+        assert_eq!(r.task_name(&t), "my-nginx.3.0123456789ab");
+        assert!(r.task_name(&t).len() <= 64);
+        assert_eq!(r.aliases(), ["my-nginx", "tasks.my-nginx"]);
+    }
+}
