@@ -895,6 +895,14 @@ impl Controller {
 
     fn service_inspect(&self, r: &ServiceRecord) -> ServiceInspect {
         let needed = self.task_networks(r);
+        // Read before the mirror's lock: the two locks are never held together.
+        let local_names: HashMap<String, String> = {
+            let records = self.records();
+            r.networks
+                .iter()
+                .filter_map(|id| Some((id.clone(), records.networks.get(id)?.info.name.clone())))
+                .collect()
+        };
         let (endpoints, networks) = match self.cluster() {
             Some(c) => {
                 let mirror = c.mirror();
@@ -922,9 +930,7 @@ impl Controller {
                             .networks
                             .get(id)
                             .map(|(_, n)| n.info.name.clone())
-                            .or_else(|| {
-                                self.records().networks.get(id).map(|n| n.info.name.clone())
-                            })
+                            .or_else(|| local_names.get(id).cloned())
                             .unwrap_or_default(),
                     })
                     .collect();
