@@ -851,7 +851,6 @@ impl Controller {
             .all()
             .iter()
             .flat_map(|s| {
-                let needed = self.task_networks(s);
                 s.tasks
                     .iter()
                     .filter(|t| t.node == cluster.config.node)
@@ -862,15 +861,7 @@ impl Controller {
                         sandbox: s.task_name(t),
                     })
                     // Started: on every network it joins.
-                    .filter(|t| {
-                        let records = self.records();
-                        records.sandbox_by_name(&t.sandbox).is_some_and(|sb| {
-                            let eps = records.endpoints_of(&sb.id);
-                            needed
-                                .iter()
-                                .all(|n| eps.iter().any(|e| &e.network_id == n))
-                        })
-                    })
+                    .filter(|t| self.task_started(s, &t.sandbox))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -1026,8 +1017,12 @@ impl Controller {
         let mut running = BTreeSet::new();
         for t in &have {
             let sandbox_alive = self.records().sandbox_by_name(&t.sandbox).is_some();
-            if wanted.contains_key(&t.id) && sandbox_alive {
-                running.insert(t.id.clone());
+            if let (Some((s, _)), true) = (wanted.get(&t.id), sandbox_alive) {
+                // A task that did not join all its networks (a start that failed half-way)
+                // is started again: `start_task` does only what is missing.
+                if self.task_started(s, &t.sandbox) {
+                    running.insert(t.id.clone());
+                }
                 continue;
             }
             if let Err(e) = self.stop_task(t).await {
@@ -1054,6 +1049,18 @@ impl Controller {
         }
         ok &= self.reconcile_mesh(&services).await;
         ok
+    }
+
+    /// Whether a task's sandbox is on every network the task joins.
+    fn task_started(&self, s: &ServiceRecord, sandbox: &str) -> bool {
+        let needed = self.task_networks(s);
+        let records = self.records();
+        records.sandbox_by_name(sandbox).is_some_and(|sb| {
+            let eps = records.endpoints_of(&sb.id);
+            needed
+                .iter()
+                .all(|n| eps.iter().any(|e| &e.network_id == n))
+        })
     }
 
     async fn stop_task(&self, t: &LocalTaskRecord) -> Result<()> {
