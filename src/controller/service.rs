@@ -1185,6 +1185,53 @@ mod unit {
         assert!(place(&[], &mut BTreeMap::new(), &[1]).is_empty());
     }
 
+    fn record(name: &str, version: u64) -> ServiceRecord {
+        ServiceRecord {
+            id: format!("id-{name}"),
+            name: name.into(),
+            version,
+            replicas: 1,
+            networks: vec!["net".into()],
+            ports: vec![],
+            labels: BTreeMap::new(),
+            created: String::new(),
+            updated: String::new(),
+            tasks: vec![],
+        }
+    }
+
+    fn put(r: &ServiceRecord, revision: Revision) -> WatchEvent {
+        WatchEvent::Put(KeyValue {
+            key: service_key(&r.id),
+            value: serde_json::to_vec(r).unwrap(),
+            revision,
+        })
+    }
+
+    #[test]
+    fn the_mirror_ignores_events_older_than_what_it_has() {
+        let s = Services::default();
+        let v1 = record("web", 1);
+        let v2 = record("web", 2);
+        // The listing (revision 5) has v2; a put of v1 (3) that raced it changes nothing.
+        s.replace(&[KeyValue {
+            key: service_key(&v2.id),
+            value: serde_json::to_vec(&v2).unwrap(),
+            revision: 5,
+        }]);
+        s.apply(&put(&v1, 3));
+        assert_eq!(s.all(), [v2.clone()]);
+        assert_eq!(s.users_of("net"), ["web"]);
+        // Deleted at 6; a replayed put at 5 does not bring it back.
+        s.apply(&WatchEvent::Delete {
+            key: service_key(&v2.id),
+            revision: 6,
+        });
+        s.apply(&put(&v2, 5));
+        assert!(s.all().is_empty());
+        assert!(s.users_of("net").is_empty());
+    }
+
     #[test]
     fn task_names_and_aliases() {
         let r = ServiceRecord {
