@@ -1220,7 +1220,7 @@ mod unit {
             revision: 5,
         }]);
         s.apply(&put(&v1, 3));
-        assert_eq!(s.all(), [v2.clone()]);
+        assert_eq!(s.all(), std::slice::from_ref(&v2));
         assert_eq!(s.users_of("net"), ["web"]);
         // Deleted at 6; a replayed put at 5 does not bring it back.
         s.apply(&WatchEvent::Delete {
