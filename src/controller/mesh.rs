@@ -34,17 +34,13 @@ use super::{
     Controller, EndpointSpec, Error, GWBRIDGE_NETWORK, INGRESS_NETWORK, Joiner, NetworkSpec,
     ObjectKind, Result, SandboxSpec,
 };
-use crate::driver::{DriverKind, DriverOptions, OverlayOptions, PortMapping, Protocol};
-use crate::sys::nft::{
-    Batch, Chain, ChainType, CtStatus, DataType, Elem, Hook, IPPROTO_TCP, IPPROTO_UDP, IpVersion,
-    NftHandle, Policy, Rule, Set, Table, Value, priority,
+use crate::driver::overlay::mesh::{self, Balancing};
+use crate::driver::{
+    DriverError, DriverKind, DriverOptions, OverlayOptions, PortMapping, Protocol,
 };
 
 /// The name of each host's routing-mesh sandbox.
 pub const INGRESS_SANDBOX: &str = "ingress-sbox";
-
-/// The mesh's table in `ingress-sbox`.
-const MESH_TABLE: &str = "wharf-mesh";
 
 /// A published port as this host's routing mesh serves it ([`Controller::routing_mesh`]; on
 /// a Docker host, what `ipvsadm -L` shows in the ingress sandbox).
@@ -59,9 +55,6 @@ pub struct MeshPort {
     /// The replicas' ingress addresses, every host's, in balancing order.
     pub backends: Vec<Ipv4Addr>,
 }
-
-/// The balancing table: published port -> (target port, the replicas' ingress addresses).
-pub(crate) type Balancing = BTreeMap<(Protocol, u16), (u16, Vec<Ipv4Addr>)>;
 
 /// What this host's mesh looks like, as last programmed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -319,81 +312,9 @@ impl Controller {
     async fn program_mesh_table(&self, ingress: &str, wanted: &Balancing) -> Result<()> {
         let ns = self.sandbox_netns(INGRESS_SANDBOX)?;
         let ifname = self.endpoint(INGRESS_SANDBOX, ingress).map(|e| e.ifname)?;
-        let nft = NftHandle::open(&ns).await?;
-        let t = Table::ip(MESH_TABLE);
-        let mut b = Batch::new();
-        b.destroy_table(&t);
-        b.add_table(&t);
-        b.add_chain(&Chain::base(
-            &t,
-            "prerouting",
-            Hook::Prerouting,
-            ChainType::Nat,
-            priority::DSTNAT,
-        ));
-        b.add_chain(&Chain::base(
-            &t,
-            "postrouting",
-            Hook::Postrouting,
-            ChainType::Nat,
-            priority::SRCNAT,
-        ));
-        // The sandbox forwards only the mesh's own connections (both directions carry the
-        // DNAT status): nobody uses it as a router between ingress and the egress bridge.
-        b.add_chain(
-            &Chain::base(
-                &t,
-                "forward",
-                Hook::Forward,
-                ChainType::Filter,
-                priority::FILTER,
-            )
-            .policy(Policy::Drop),
-        );
-        b.add_rule(
-            &Rule::new(&t, "forward")
-                .ct_status_in(CtStatus::DNAT)
-                .accept(),
-        );
-        for ((proto, port), (target, backends)) in wanted {
-            if backends.is_empty() {
-                continue;
-            }
-            let map = Set::map(
-                &t,
-                format!("be_{proto}_{port}"),
-                DataType::Mark,
-                DataType::Ipv4Addr,
-            );
-            b.add_set(&map);
-            let elems: Vec<Elem> = backends
-                .iter()
-                .enumerate()
-                .map(|(i, ip)| Elem::new([Value::Mark(i as u32)]).to([Value::Ipv4(*ip)]))
-                .collect();
-            b.add_elements(&map, &elems);
-            let rule = Rule::new(&t, "prerouting").l4proto_eq(match proto {
-                Protocol::Tcp => IPPROTO_TCP,
-                Protocol::Udp => IPPROTO_UDP,
-            });
-            let rule = match proto {
-                Protocol::Tcp => rule.tcp_dport_eq(*port),
-                Protocol::Udp => rule.udp_dport_eq(*port),
-            };
-            b.add_rule(&rule.dnat_numgen(
-                backends.len() as u32,
-                &map.name,
-                IpVersion::V4,
-                Some(*target),
-            ));
-        }
-        b.add_rule(
-            &Rule::new(&t, "postrouting")
-                .oifname_eq(&ifname)
-                .ct_status_in(CtStatus::DNAT)
-                .masquerade(),
-        );
-        nft.apply(&b).await?;
+        mesh::program_balancer(&ns, &ifname, wanted)
+            .await
+            .map_err(DriverError::kernel(INGRESS_NETWORK))?;
         tracing::debug!(ports = wanted.len(), "routing mesh programmed");
         Ok(())
     }

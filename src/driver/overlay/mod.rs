@@ -37,6 +37,10 @@
 //! The driver keeps open handles into the networks' namespaces as a cache only; everything is
 //! found again from the kernel by name. The caller (the controller) serialises the joins,
 //! leaves and peer operations of one network on this host.
+//!
+//! [`mesh`]: the routing mesh's load balancer, the nftables table of a host's ingress sandbox.
+
+pub mod mesh;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
