@@ -321,7 +321,7 @@ impl Inner {
         Ok(out)
     }
 
-    fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+    fn apply(&self, ops: Vec<Op>, durability: Durability) -> Result<Revision, StoreError> {
         let _guard = self.write_guard();
         let now = Instant::now();
         let mut leases = self.leases();
@@ -330,7 +330,7 @@ impl Inner {
             .db
             .begin_write()
             .map_err(backend("starting a write transaction"))?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(durability);
         let (revision, changes) = {
             let mut meta = txn
                 .open_table(META)
@@ -410,7 +410,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
-        self.blocking(move |inner| inner.apply(ops)).await
+        self.blocking(move |inner| inner.apply(ops, Durability::Immediate))
+            .await
+    }
+
+    /// A redb commit without fsync ([`Durability::None`]): the next durable commit persists it.
+    async fn apply_relaxed(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        self.blocking(move |inner| inner.apply(ops, Durability::None))
+            .await
     }
 
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {
