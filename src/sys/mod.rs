@@ -8,6 +8,7 @@
 //!   namespace.
 //! - [`nft`]: nftables over netfilter netlink (tables, chains, rules, sets and maps, applied in
 //!   atomic batches), through an [`NftHandle`] bound to one namespace.
+//! - [`events`]: change notifications (nftables objects and links deleted) of one namespace.
 //! - [`icmp`]: ICMP echo probes with DF set (path checks for the overlay diagnosis).
 //! - [`error`]: the typed errors every kernel operation returns.
 //!
@@ -15,6 +16,7 @@
 //! links, addresses, routes and firewall rules.
 
 pub mod error;
+pub mod events;
 pub mod icmp;
 pub mod netns;
 pub mod nft;
