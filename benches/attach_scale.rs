@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use wharf::controller::{Controller, ControllerConfig, EndpointSpec, NetworkSpec, SandboxSpec};
 use wharf::lab::Lab;
-use wharf::sys::rtnl::{Handle, LinkSpec, Route, VethPeer};
+use wharf::sys::rtnl::{Handle, LinkChange, LinkSpec, Route, VethPeer};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -150,15 +150,29 @@ async fn run(lab: &Lab) {
     report_series("wharf attaches (Controller::connect)", &times);
     println!("load average: {}", loadavg());
     if std::env::var("SCALE_KERNEL").map_or(true, |v| v != "0") {
-        let kernel = kernel_only(lab, n).await;
-        report_series("the kernel layer alone", &kernel);
+        let kernel = kernel_only(lab, n, true).await;
+        report_series(
+            "the kernel layer alone (as the driver does it: no IPv6 link-local in the container)",
+            &kernel,
+        );
+        let control = kernel_only(lab, n, false).await;
+        report_series(
+            "control: the kernel layer alone with IPv6 link-local addresses in the containers",
+            &control,
+        );
     }
     println!("load average at end: {}", loadavg());
 }
 
 /// `n` attaches through the kernel layer only, on a bridge of their own; returns each one's time.
-async fn kernel_only(lab: &Lab, n: usize) -> Vec<f64> {
-    let host_ns = lab.namespace("khost").await.expect("host namespace");
+/// With `ipv6_off`, the container's interface gets `addrgenmode none` before it goes up, as the
+/// bridge driver does for an endpoint without an IPv6 address.
+async fn kernel_only(lab: &Lab, n: usize, ipv6_off: bool) -> Vec<f64> {
+    let tag = if ipv6_off { "k" } else { "x" };
+    let host_ns = lab
+        .namespace(&format!("{tag}host"))
+        .await
+        .expect("host namespace");
     let host = Handle::in_netns(&host_ns).await.expect("host handle");
     host.link()
         .add(LinkSpec::bridge("kbr0").up())
@@ -171,7 +185,11 @@ async fn kernel_only(lab: &Lab, n: usize) -> Vec<f64> {
         .expect("bridge address");
     let mut containers = Vec::with_capacity(n);
     for i in 0..n {
-        containers.push(lab.namespace(&format!("k{i}")).await.expect("namespace"));
+        containers.push(
+            lab.namespace(&format!("{tag}{i}"))
+                .await
+                .expect("namespace"),
+        );
     }
     let mut times = Vec::with_capacity(n);
     for (i, c) in containers.iter().enumerate() {
@@ -190,6 +208,13 @@ async fn kernel_only(lab: &Lab, n: usize) -> Vec<f64> {
             .expect("veth");
         let inside = Handle::in_netns(c).await.expect("container handle");
         let eth0 = inside.link().get("eth0").await.expect("eth0").index;
+        if ipv6_off {
+            inside
+                .link()
+                .set(eth0, LinkChange::new().no_ipv6_addr_gen())
+                .await
+                .expect("addrgenmode none");
+        }
         inside.link().set_up(eth0).await.expect("up");
         inside
             .address()

@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
+#[path = "common/upstream.rs"]
+mod upstream;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use hickory_proto::op::{Message, MessageType, Query};
-use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::op::{Message, Query};
+use hickory_proto::rr::{Name, RecordType};
 use wharf::dns::handler::{self, Action, Context};
 use wharf::dns::records::Records;
 use wharf::dns::{
@@ -131,32 +133,6 @@ fn handler_benches(c: &mut Criterion) {
     g.finish();
 }
 
-/// A minimal upstream that answers every A query with one address.
-async fn upstream(sock: tokio::net::UdpSocket) {
-    let mut buf = [0u8; 1500];
-    while let Ok((n, peer)) = sock.recv_from(&mut buf).await {
-        let Ok(q) = Message::from_vec(&buf[..n]) else {
-            continue;
-        };
-        let Some(question) = q.query().cloned() else {
-            continue;
-        };
-        let mut r = Message::new();
-        r.set_id(q.id())
-            .set_message_type(MessageType::Response)
-            .set_recursion_available(true)
-            .add_answer(Record::from_rdata(
-                question.name().clone(),
-                60,
-                RData::A(A([203, 0, 113, 80].into())),
-            ))
-            .add_query(question);
-        if let Ok(bytes) = r.to_vec() {
-            let _ = sock.send_to(&bytes, peer).await;
-        }
-    }
-}
-
 fn udp_benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -179,7 +155,7 @@ fn udp_benches(c: &mut Criterion) {
         }))
         .unwrap();
     let _up = rt.spawn(async move {
-        upstream(tokio::net::UdpSocket::from_std(up_sock).unwrap()).await;
+        upstream::serve(&tokio::net::UdpSocket::from_std(up_sock).unwrap()).await;
     });
     let resolver = rt
         .block_on(Resolver::new(ResolverConfig::new(host.clone(), vec![up])))

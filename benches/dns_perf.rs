@@ -19,15 +19,14 @@
 //! aardvark-dns half when aardvark-dns is not). `DNS_PERF_SECONDS` sets the length of each run
 //! (default 8).
 
+#[path = "common/upstream.rs"]
+mod upstream;
+
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use hickory_proto::op::{Message, MessageType};
-use hickory_proto::rr::RData;
-use hickory_proto::rr::Record;
-use hickory_proto::rr::rdata::A;
 use wharf::dns::{EndpointDns, NetworkDns, NetworkKey, Resolver, ResolverConfig, SandboxDns};
 use wharf::lab::Lab;
 use wharf::sys::NetNs;
@@ -38,31 +37,6 @@ const AARDVARK: &str = "/usr/lib/podman/aardvark-dns";
 const AARD_LISTEN: &str = "10.89.0.1";
 const AARD_CLIENT: &str = "10.89.0.2";
 const AARD_UPSTREAM: &str = "10.89.0.53";
-
-async fn upstream(sock: std::sync::Arc<tokio::net::UdpSocket>) {
-    let mut buf = [0u8; 1500];
-    while let Ok((n, peer)) = sock.recv_from(&mut buf).await {
-        let Ok(q) = Message::from_vec(&buf[..n]) else {
-            continue;
-        };
-        let Some(question) = q.query().cloned() else {
-            continue;
-        };
-        let mut r = Message::new();
-        r.set_id(q.id())
-            .set_message_type(MessageType::Response)
-            .set_recursion_available(true)
-            .add_answer(Record::from_rdata(
-                question.name().clone(),
-                60,
-                RData::A(A([203, 0, 113, 80].into())),
-            ))
-            .add_query(question);
-        if let Ok(bytes) = r.to_vec() {
-            let _ = sock.send_to(&bytes, peer).await;
-        }
-    }
-}
 
 /// The DNS server under test, as dnsperf sees it.
 struct Target {
@@ -338,7 +312,10 @@ fn main() {
     let up: SocketAddr = "127.0.0.1:5353".parse().unwrap();
     let up_sock = bind_upstream(&host, up);
     for _ in 0..2 {
-        up_rt.spawn(upstream(up_sock.clone()));
+        up_rt.spawn({
+            let sock = up_sock.clone();
+            async move { upstream::serve(&sock).await }
+        });
     }
 
     // aardvark-dns first, so that its forks do not copy the resolver's memory.
@@ -351,7 +328,10 @@ fn main() {
                     SocketAddr::new(AARD_UPSTREAM.parse().unwrap(), 53),
                 );
                 for _ in 0..2 {
-                    up_rt.spawn(upstream(aard_up.clone()));
+                    up_rt.spawn({
+                        let sock = aard_up.clone();
+                        async move { upstream::serve(&sock).await }
+                    });
                 }
                 Some(a)
             }

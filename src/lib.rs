@@ -15,3 +15,8 @@ pub mod driver;
 pub mod ipam;
 pub mod lab;
 pub mod store;
+
+/// The README's code, compiled and run as doc tests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

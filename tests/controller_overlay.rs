@@ -92,7 +92,17 @@ async fn scenario_4_step_6_attachable_overlay_by_name_across_hosts() {
     host2.wharf().delete_sandbox("alpine2").await.unwrap();
     assert!(!host1.has_overlay_netns(&net.id) && !host2.has_overlay_netns(&net.id));
     host2.wharf().delete_network("test-net").await.unwrap();
-    assert!(c.store.list("cluster/v1/").await.unwrap().is_empty());
+    // Nothing of the network is left; only the hosts' membership records remain.
+    let left: Vec<String> = c
+        .store
+        .list("cluster/v1/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.key)
+        .filter(|k| !k.starts_with("cluster/v1/nodes/"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     assert!(
         eventually(CONVERGED, || async {
             host1.wharf().inspect_network("test-net").is_err()
@@ -521,6 +531,19 @@ async fn a_dead_hosts_endpoints_are_removed_after_its_lease() {
     assert_eq!(c.host("manager").entries(&net.id).await.unwrap().len(), 4);
     assert!(c.host("manager").ping_by_name("m-a", "w2-a").await);
 
+    let dead_ip = records_of(&c, &net.id, "worker-2").await[0].ipv4.unwrap();
+    let store = c.store.clone();
+    let addr_keys = || async {
+        store
+            .list(&format!("ipam/v1/cluster/addrs/{}/", net.id))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|kv| kv.key.rsplit('/').next().unwrap().to_owned())
+            .collect::<BTreeSet<String>>()
+    };
+    assert_eq!(addr_keys().await.len(), 3);
+
     // worker-2 dies: its controller goes without disconnecting anything.
     c.kill("worker-2").await;
     assert!(
@@ -555,6 +578,15 @@ async fn a_dead_hosts_endpoints_are_removed_after_its_lease() {
         .map(|p| p.name)
         .collect();
     assert_eq!(peers, ["manager", "worker-1"]);
+    // A survivor releases its cluster address (the two survivors race; exactly one wins).
+    assert!(
+        eventually(CONVERGED, || async {
+            !addr_keys().await.contains(&dead_ip.to_string())
+        })
+        .await,
+        "{dead_ip} of the dead host is released"
+    );
+    assert_eq!(addr_keys().await.len(), 2, "the live hosts' addresses stay");
 }
 
 #[tokio::test]

@@ -57,6 +57,24 @@ async fn converged(c: &Cluster, network_id: &str) -> bool {
 }
 
 #[tokio::test]
+async fn scenario_4_services_on_etcd() {
+    let server = EtcdServer::start()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run the etcd this test needs: {e}"));
+    let stores = [
+        client(&server).await,
+        client(&server).await,
+        client(&server).await,
+    ];
+    let shared = client(&server).await;
+    let c = Cluster::with_stores(&["manager", "worker-1", "worker-2"], shared, move |i| {
+        stores[i].clone()
+    })
+    .await;
+    common::services::scenario_4_steps_2_to_4(&c, CONVERGED).await;
+}
+
+#[tokio::test]
 async fn overlay_across_three_hosts_on_etcd() {
     let mut server = EtcdServer::start()
         .await

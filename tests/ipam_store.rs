@@ -5,7 +5,7 @@ mod store_contract;
 
 use std::sync::Arc;
 
-use store_contract::contract;
+use store_contract::{concurrent_batches, contract};
 use wharf::ipam::{AddressRequest, Family, Ipam, IpamOptions, SubnetRequest};
 use wharf::store::{EmbeddedStore, MemoryStore, Store};
 
@@ -15,6 +15,7 @@ async fn memory_store_keeps_the_contract() {
     // The local stores count from zero.
     assert_eq!(store.apply(vec![]).await.unwrap(), 0);
     contract(&store).await;
+    concurrent_batches(&store).await;
 }
 
 #[tokio::test]
@@ -25,6 +26,24 @@ async fn embedded_store_keeps_the_contract() {
         .unwrap();
     assert_eq!(store.apply(vec![]).await.unwrap(), 0);
     contract(&store).await;
+}
+
+/// Concurrent batches on the embedded store are committed as groups (one transaction, one
+/// fsync), on a runtime with several workers so that they really overlap; each keeps its own
+/// result, and what was committed survives reopening.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_store_commits_concurrent_batches_each_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let store = EmbeddedStore::open(&path).await.unwrap();
+    concurrent_batches(&store).await;
+    let rev = store.apply(vec![]).await.unwrap();
+    drop(store);
+    // The last answer came after the committer let the file go: it reopens at once.
+    let store = EmbeddedStore::open(&path).await.unwrap();
+    assert_eq!(store.apply(vec![]).await.unwrap(), rev);
+    assert_eq!(store.list("g/v1/ok").await.unwrap().len(), 60);
+    assert!(store.list("g/v1/bad").await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -98,4 +117,49 @@ async fn a_corrupt_record_fails_open_loudly() {
         matches!(err, wharf::ipam::IpamError::CorruptRecord { .. }),
         "{err}"
     );
+}
+
+/// The sweep of a dead host's address: several sweepers, exactly one releases; an allocation
+/// newer than the record that used the address is never released.
+#[tokio::test]
+async fn release_if_older_releases_once_and_never_a_newer_allocation() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let opts = IpamOptions::cluster(b"c");
+    let owner = Ipam::open(store.clone(), opts.clone()).await.unwrap();
+    owner
+        .request_subnet(SubnetRequest::new("n", "net"))
+        .await
+        .unwrap();
+    let ip = owner
+        .allocate("n", AddressRequest::Next(Family::V4))
+        .await
+        .unwrap();
+    // The endpoint record that used it is written after the allocation.
+    let record_rev = store.put("record", b"ep".to_vec()).await.unwrap();
+    let mut sweepers = Vec::new();
+    for _ in 0..4 {
+        sweepers.push(Ipam::open(store.clone(), opts.clone()).await.unwrap());
+    }
+    let results = futures::future::join_all(
+        sweepers
+            .iter()
+            .map(|s| s.release_if_older("n", ip, record_rev)),
+    )
+    .await;
+    let released = results.iter().filter(|r| matches!(r, Ok(true))).count();
+    assert_eq!(released, 1, "{results:?}");
+    assert!(results.iter().all(|r| r.is_ok()));
+    // Taken again later: a late sweep of the old record leaves it alone.
+    let again = sweepers[0]
+        .allocate("n", AddressRequest::Static(ip))
+        .await
+        .unwrap();
+    assert_eq!(again, ip);
+    assert!(
+        !sweepers[1]
+            .release_if_older("n", ip, record_rev)
+            .await
+            .unwrap()
+    );
+    assert!(sweepers[0].is_allocated("n", ip));
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use store_contract::{contract, lease_contract, next_event};
+use store_contract::{concurrent_batches, contract, lease_contract, next_event};
 use wharf::ipam::{AddressRequest, Family, Ipam, IpamOptions, SubnetRequest};
 use wharf::lab::etcd::{EtcdServer, EtcdServerError};
 use wharf::store::{EtcdOptions, EtcdStore, Op, Store, StoreError, WatchEvent};
@@ -53,6 +53,7 @@ async fn etcd_store_keeps_the_contract_in_two_namespaces_at_once() {
     assert!(keys.contains(&"cluster-a/t/v1/a".to_owned()), "{keys:?}");
     assert!(keys.contains(&"cluster-b/t/v1/a".to_owned()), "{keys:?}");
     assert_eq!(a.list("").await.unwrap().len() * 2, keys.len());
+    concurrent_batches(&a).await;
 }
 
 #[tokio::test]

@@ -561,6 +561,65 @@ async fn link_changes_and_hairpin() {
 }
 
 #[tokio::test]
+async fn addrgenmode_none_keeps_a_link_free_of_ipv6_addresses() {
+    let lab = Lab::new();
+    let host_ns = lab.namespace("host").await.unwrap();
+    let c = lab.namespace("c").await.unwrap();
+    let host = handle(&host_ns).await;
+    let inside = handle(&c).await;
+    for (host_if, peer) in [("q0", "quiet0"), ("l0", "loud0")] {
+        host.link()
+            .add(
+                LinkSpec::veth(host_if)
+                    .peer(VethPeer::new(peer).netns(&c))
+                    .up(),
+            )
+            .await
+            .unwrap();
+    }
+    let quiet = inside.link().get("quiet0").await.unwrap().index;
+    let loud = inside.link().get("loud0").await.unwrap().index;
+    inside
+        .link()
+        .set(quiet, LinkChange::new().no_ipv6_addr_gen())
+        .await
+        .unwrap();
+    inside.link().set_up(quiet).await.unwrap();
+    inside.link().set_up(loud).await.unwrap();
+    let v6_on = async |index| {
+        inside
+            .address()
+            .list_on(index)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.addr.is_ipv6())
+            .count()
+    };
+    // The link-local address appears as the carrier does (the kernel's link watch).
+    for _ in 0..200 {
+        if v6_on(loud).await > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(v6_on(loud).await, 1, "the control gets its fe80:: address");
+    assert_eq!(v6_on(quiet).await, 0, "addrgenmode none: no IPv6 address");
+    // IPv4 and explicit IPv6 addresses still work on it.
+    inside
+        .address()
+        .add(quiet, net("10.7.0.2/24"))
+        .await
+        .unwrap();
+    inside
+        .address()
+        .add(quiet, net("fd00:7::2/64"))
+        .await
+        .unwrap();
+    assert_eq!(v6_on(quiet).await, 1);
+}
+
+#[tokio::test]
 async fn routes_v4_and_v6() {
     let lab = Lab::new();
     let host_ns = lab.namespace("host").await.unwrap();

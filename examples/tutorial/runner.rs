@@ -5,10 +5,11 @@ use crate::scenarios;
 use crate::world::World;
 
 /// Every scenario, in the tutorial's order.
-pub const SCENARIOS: [&str; 5] = [
+pub const SCENARIOS: [&str; 6] = [
     "bridge-default",
     "bridge-user",
     "host",
+    "overlay-service",
     "overlay-attachable",
     "macvlan",
 ];
@@ -78,6 +79,7 @@ async fn run(
             "bridge-default" => scenarios::bridge_default(&world, checks).await?,
             "bridge-user" => scenarios::bridge_user(&world, checks).await?,
             "host" => scenarios::host(&world, checks).await?,
+            "overlay-service" => scenarios::overlay_service(&world, checks).await?,
             "overlay-attachable" => scenarios::overlay_attachable(&world, checks).await?,
             "macvlan" => scenarios::macvlan(&world, checks).await?,
             _ => return Err(format!("unknown scenario {scenario:?}").into()),

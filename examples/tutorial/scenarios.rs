@@ -490,3 +490,297 @@ pub async fn overlay_attachable(w: &World, checks: &Checks) -> Result {
     host1.delete_network("test-net").await?;
     Ok(())
 }
+
+/// Scenario 4, steps 1-5: overlay networks and a replicated service across three hosts, with
+/// its published port reached through every host (the routing mesh).
+pub async fn overlay_service(w: &World, checks: &Checks) -> Result {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use wharf::controller::{
+        ClusterConfig, Controller, ControllerConfig, ServiceInspect, ServicePort, ServiceSpec,
+    };
+    use wharf::driver::{DriverOptions, OverlayOptions};
+    use wharf::store::{MemoryStore, Store};
+    let s = "overlay-service";
+    println!("\n## Scenario 4, steps 1-5: overlay networks and services across hosts");
+
+    step("1. Form the cluster: manager, worker-1 and worker-2 on one underlay segment");
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let roles = ["manager", "worker-1", "worker-2"];
+    let mut underlay = w
+        .lab
+        .underlay(&["manager", "worker-1", "worker-2", "client"])
+        .await?;
+    let (client, client_addr) = underlay.pop().ok_or("no client")?;
+    println!("client: underlay address {client_addr} (outside the cluster)");
+    let mut hosts: Vec<(&str, IpAddr, Controller)> = Vec::new();
+    for ((ns, addr), role) in underlay.into_iter().zip(roles) {
+        let mut config = ControllerConfig::new(w.lab.temp_dir(&format!("{role}-state"))?)
+            .host(ns)
+            .netns_prefix(format!("{}{role}-", w.lab.netns_prefix()))
+            .cluster(ClusterConfig::new(store.clone(), role, addr.into()));
+        config.sandbox_files_dir = w.lab.temp_dir(&format!("{role}-etc-netns"))?;
+        shell(
+            role,
+            if role == "manager" {
+                "docker swarm init"
+            } else {
+                "docker swarm join"
+            },
+        );
+        let wharf = Controller::open(config).await?;
+        wharf.join_routing_mesh().await?;
+        println!("{role}: underlay address {addr}");
+        hosts.push((role, addr.into(), wharf));
+    }
+    let manager = &hosts[0].2;
+    // An ingress overlay and the local egress bridge now exist on every host.
+    for (role, _, wharf) in &hosts {
+        cluster_network_ls(role, wharf);
+    }
+
+    step("2. docker network create -d overlay nginx-net");
+    let overlay = |name: &str| {
+        NetworkSpec::new(name).driver(DriverOptions::Overlay(OverlayOptions::default()))
+    };
+    manager.create_network(overlay("nginx-net")).await?;
+    shell(
+        "manager",
+        "docker service create --name my-nginx --publish target=80,published=80 --replicas=5 \
+         --network nginx-net nginx",
+    );
+    let spec = ServiceSpec::new("my-nginx")
+        .replicas(5)
+        .network("nginx-net")
+        .publish(ServicePort::tcp(80, 80));
+    manager.create_service(spec.clone()).await?;
+    let svc = service_running(&hosts, "my-nginx", 1).await?;
+    let servers = start_replicas(&hosts).await?;
+    service_ps(&svc);
+    for (role, _, wharf) in &hosts {
+        shell(role, "docker network inspect nginx-net");
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&[wharf.inspect_network("nginx-net")?])?
+        );
+    }
+    step("The replicas reach each other across hosts, by name and by address");
+    replicas_ping(&hosts, checks, s, &svc, true).await?;
+    step("The published port answers on every host's address, from any replica (routing mesh)");
+    mesh_checks(&hosts, &client, checks, s, "my-nginx", 80).await?;
+    drop(servers);
+
+    step("3. docker network create -d overlay nginx-net-2; move the service to it");
+    manager.create_network(overlay("nginx-net-2")).await?;
+    shell(
+        "manager",
+        "docker service update --network-add nginx-net-2 --network-rm nginx-net my-nginx",
+    );
+    let mut moved = spec.clone();
+    moved.networks = vec!["nginx-net-2".into()];
+    manager.update_service("my-nginx", moved).await?;
+    let svc = service_running(&hosts, "my-nginx", 2).await?;
+    let servers = start_replicas(&hosts).await?;
+    service_ps(&svc);
+    for (role, _, wharf) in &hosts {
+        for net in ["nginx-net", "nginx-net-2"] {
+            let n = wharf.inspect_network(net)?;
+            let names: Vec<&str> = n.containers.values().map(|c| c.name.as_str()).collect();
+            println!("{role}: {net} has {} containers {names:?}", names.len());
+        }
+    }
+    replicas_ping(&hosts, checks, s, &svc, false).await?;
+    mesh_checks(&hosts, &client, checks, s, "my-nginx", 80).await?;
+    drop(servers);
+
+    step("4. Remove the service and both networks");
+    shell("manager", "docker service rm my-nginx");
+    manager.remove_service("my-nginx").await?;
+    wait_gone(&hosts).await?;
+    shell("manager", "docker network rm nginx-net nginx-net-2");
+    manager.delete_network("nginx-net").await?;
+    manager.delete_network("nginx-net-2").await?;
+
+    step("5. A user-defined overlay my-overlay, one replica published on 8080");
+    manager.create_network(overlay("my-overlay")).await?;
+    shell(
+        "manager",
+        "docker service create --name my-nginx --network my-overlay --replicas 1 \
+         --publish published=8080,target=80 nginx:latest",
+    );
+    manager
+        .create_service(
+            ServiceSpec::new("my-nginx")
+                .network("my-overlay")
+                .publish(ServicePort::tcp(8080, 80)),
+        )
+        .await?;
+    let svc = service_running(&hosts, "my-nginx", 1).await?;
+    let servers = start_replicas(&hosts).await?;
+    service_ps(&svc);
+    mesh_checks(&hosts, &client, checks, s, "my-nginx", 8080).await?;
+    drop(servers);
+    manager.remove_service("my-nginx").await?;
+    wait_gone(&hosts).await?;
+    manager.delete_network("my-overlay").await?;
+    return Ok(());
+
+    /// `docker network ls` on one host of the cluster.
+    fn cluster_network_ls(role: &str, wharf: &Controller) {
+        shell(role, "docker network ls");
+        println!("NETWORK ID     NAME             DRIVER    SCOPE");
+        for n in wharf.list_networks() {
+            println!(
+                "{:<14} {:<16} {:<9} {}",
+                &n.id[..12],
+                n.name,
+                n.driver,
+                n.scope
+            );
+        }
+    }
+
+    /// Waits until every host runs the replicas of `version` placed on it.
+    async fn service_running(
+        hosts: &[(&str, IpAddr, Controller)],
+        name: &str,
+        version: u64,
+    ) -> Result<ServiceInspect> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let mut done = true;
+            for (role, _, wharf) in hosts {
+                let svc = wharf.inspect_service(name).await?;
+                let placed = svc.tasks.iter().filter(|t| t.node == *role).count();
+                done &= svc.version == version
+                    && svc.running == svc.replicas
+                    && wharf.local_tasks().len() == placed;
+            }
+            // And every host's routing mesh balances its ports over all of them.
+            let svc = hosts[0].2.inspect_service(name).await?;
+            for (_, _, wharf) in hosts {
+                let mesh = wharf.routing_mesh().await;
+                done &= svc.ports.iter().all(|p| {
+                    mesh.iter().any(|m| {
+                        m.published == p.published && m.backends.len() == svc.replicas as usize
+                    })
+                });
+            }
+            if done {
+                return Ok(svc);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("service {name} did not start its replicas").into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until no host runs a task any more.
+    async fn wait_gone(hosts: &[(&str, IpAddr, Controller)]) -> Result {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while hosts.iter().any(|(_, _, w)| {
+            w.list_sandboxes()
+                .iter()
+                .any(|sb| sb.name != "ingress-sbox")
+        }) {
+            if std::time::Instant::now() > deadline {
+                return Err("the replicas did not stop".into());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Each replica runs a tiny web server on port 80 that answers with its own name.
+    async fn start_replicas(hosts: &[(&str, IpAddr, Controller)]) -> Result<Vec<probe::Server>> {
+        let mut servers = Vec::new();
+        for (_, _, wharf) in hosts {
+            for t in wharf.local_tasks() {
+                let ns = wharf.sandbox_netns(&t.sandbox)?;
+                let greeting = format!("HTTP/1.1 200 OK (nginx {})", t.sandbox);
+                servers.push(probe::serve_tcp(&ns, "0.0.0.0:80".parse()?, &greeting).await?);
+            }
+        }
+        Ok(servers)
+    }
+
+    /// `docker service ps`.
+    fn service_ps(svc: &ServiceInspect) {
+        shell("manager", &format!("docker service ps {}", svc.name));
+        println!("ID             NAME                          NODE       ADDRESS      STATE");
+        for t in &svc.tasks {
+            let addr = t
+                .addresses
+                .first()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            println!(
+                "{:<14} {:<29} {:<10} {:<12} {}",
+                t.id, t.name, t.node, addr, t.state
+            );
+        }
+    }
+
+    /// Every replica pings every other by name (and by address when `by_ip`), and the
+    /// service's own name.
+    async fn replicas_ping(
+        hosts: &[(&str, IpAddr, Controller)],
+        checks: &Checks,
+        s: &str,
+        svc: &ServiceInspect,
+        by_ip: bool,
+    ) -> Result {
+        let on: BTreeMap<&str, &Controller> = hosts.iter().map(|(r, _, w)| (*r, w)).collect();
+        for from in &svc.tasks {
+            let wharf = on.get(from.node.as_str()).ok_or("no such host")?;
+            for to in &svc.tasks {
+                if to.id == from.id {
+                    continue;
+                }
+                ping_on(wharf, checks, s, &from.name, &to.name, By::Name, true).await?;
+                if by_ip {
+                    let ip = *to.addresses.first().ok_or("no address")?;
+                    ping_on(wharf, checks, s, &from.name, &to.name, By::Ip(ip), true).await?;
+                }
+            }
+            ping_on(wharf, checks, s, &from.name, &svc.name, By::Name, true).await?;
+        }
+        Ok(())
+    }
+
+    /// `curl http://<host>:<port>/` from the client, through each host, a few times: which
+    /// replicas answer.
+    async fn mesh_checks(
+        hosts: &[(&str, IpAddr, Controller)],
+        client: &wharf::sys::NetNs,
+        checks: &Checks,
+        s: &str,
+        service: &str,
+        port: u16,
+    ) -> Result {
+        for (role, addr, _) in hosts {
+            let to = std::net::SocketAddr::new(*addr, port);
+            let mut answered = Vec::new();
+            for _ in 0..3 {
+                shell("client", &format!("curl http://{to}/    # {role}"));
+                match probe::tcp_connect(client, to, CHECK_TIMEOUT).await {
+                    Ok(reply) => {
+                        println!("{reply}");
+                        answered.push(reply);
+                    }
+                    Err(e) => println!("curl: {e}"),
+                }
+            }
+            checks.record(
+                s,
+                "client",
+                service,
+                By::Ip(*addr),
+                answered.len() == 3,
+                true,
+            );
+        }
+        Ok(())
+    }
+}

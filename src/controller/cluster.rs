@@ -55,7 +55,9 @@ pub const KEY_CLUSTER: &str = "cluster/v1/";
 const KEY_C_NETWORKS: &str = "cluster/v1/networks/";
 const KEY_C_NAMES: &str = "cluster/v1/names/";
 const KEY_C_VNI: &str = "cluster/v1/vni/";
-const KEY_C_ENDPOINTS: &str = "cluster/v1/endpoints/";
+pub(crate) const KEY_C_ENDPOINTS: &str = "cluster/v1/endpoints/";
+/// Host membership: `cluster/v1/nodes/<node>` ([`NodeRecord`]), on the node's lease.
+pub(crate) const KEY_C_NODES: &str = "cluster/v1/nodes/";
 
 /// How many VNIs a network creation tries before giving up (others may be taking them).
 const VNI_ATTEMPTS: usize = 64;
@@ -113,6 +115,16 @@ impl ClusterConfig {
         self.lease_ttl = ttl;
         self
     }
+}
+
+/// A live host of the cluster (`cluster/v1/nodes/<node>`), written on the host's membership
+/// lease: it vanishes with the host. Services are placed over these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct NodeRecord {
+    /// The node's name.
+    pub node: String,
+    /// Its underlay address.
+    pub addr: IpAddr,
 }
 
 /// An endpoint of a cluster network as the other hosts see it
@@ -277,6 +289,9 @@ pub(crate) struct Mirror {
     /// The revision of the last change seen per key, deletions included, so that an event
     /// older than the listing it raced with is ignored.
     seen: HashMap<String, Revision>,
+    /// Endpoint records that went away (with the revision they were last written at), for
+    /// the sweep of a dead host's addresses; taken by [`Mirror::take_removed`].
+    removed: Vec<(Revision, ClusterEndpoint)>,
 }
 
 /// What a change to the mirror affects.
@@ -294,6 +309,13 @@ impl Mirror {
         self.seen.clear();
         for kv in listing {
             self.put(kv);
+        }
+        for (net, eps) in &old_endpoints {
+            for (id, old) in eps {
+                if !self.endpoints.get(net).is_some_and(|m| m.contains_key(id)) {
+                    self.removed.push(old.clone());
+                }
+            }
         }
         let mut touched = Vec::new();
         let net_ids: BTreeSet<&String> = old_networks.keys().chain(self.networks.keys()).collect();
@@ -370,7 +392,8 @@ impl Mirror {
                     }
                     ClusterKey::Endpoint { network, endpoint } => {
                         let eps = self.endpoints.get_mut(&network)?;
-                        eps.remove(&endpoint)?;
+                        let gone = eps.remove(&endpoint)?;
+                        self.removed.push(gone);
                         if eps.is_empty() {
                             self.endpoints.remove(&network);
                         }
@@ -380,6 +403,11 @@ impl Mirror {
                 }
             }
         }
+    }
+
+    /// The endpoint records removed since the last call.
+    pub fn take_removed(&mut self) -> Vec<(Revision, ClusterEndpoint)> {
+        std::mem::take(&mut self.removed)
     }
 
     /// The endpoints of `network` on other nodes than `node`.
@@ -421,6 +449,10 @@ pub(crate) struct Cluster {
     shutdown: tokio::sync::watch::Sender<()>,
     /// Set when programming a network failed: the watcher retries from the kernel.
     retry: std::sync::atomic::AtomicBool,
+    /// Services: the watcher's copy of their records and the reconciler's wake-up.
+    pub services: super::service::Services,
+    /// This host's routing mesh, as last programmed.
+    pub mesh: tokio::sync::Mutex<super::mesh::MeshState>,
     /// This host's membership lease and its keeper (`None` before the first grant, or when the
     /// store has no leases); dropped with the controller, so the lease then expires.
     membership: tokio::sync::Mutex<Option<Membership>>,
@@ -448,6 +480,8 @@ impl Cluster {
             nets: Mutex::new(HashMap::new()),
             shutdown,
             retry: std::sync::atomic::AtomicBool::new(false),
+            services: super::service::Services::default(),
+            mesh: tokio::sync::Mutex::new(super::mesh::MeshState::default()),
             membership: tokio::sync::Mutex::new(None),
         })
     }
@@ -547,7 +581,12 @@ impl Controller {
     // ---- networks ------------------------------------------------------------------------
 
     /// Creates a cluster network (called with the network lock held).
-    pub(crate) async fn create_cluster_network(&self, spec: NetworkSpec) -> Result<String> {
+    /// `predefined`: wharf's own `ingress`, which users cannot delete.
+    pub(crate) async fn create_cluster_network(
+        &self,
+        spec: NetworkSpec,
+        predefined: bool,
+    ) -> Result<String> {
         let cluster = self.require_cluster(&spec.name)?;
         let DriverOptions::Overlay(mut opts) = spec.driver.clone() else {
             return Err(Error::InvalidRequest {
@@ -646,7 +685,7 @@ impl Controller {
                 created: created.clone(),
                 attachable: spec.attachable,
                 labels: spec.labels.clone(),
-                predefined: false,
+                predefined,
             };
             let ops = vec![
                 Op::Create {
@@ -729,6 +768,7 @@ impl Controller {
     pub(crate) async fn delete_cluster_network(&self, record: NetworkRecord) -> Result<()> {
         let cluster = self.require_cluster(&record.info.name)?;
         let info = &record.info;
+        self.refuse_if_service_network(&info.id, &info.name)?;
         let mut in_use: Vec<String> = cluster
             .store()
             .list(&format!("{KEY_C_ENDPOINTS}{}/", info.id))
@@ -831,11 +871,17 @@ impl Controller {
 
     /// Publishes a local endpoint of a cluster network for the other hosts.
     pub(crate) async fn publish_endpoint(&self, ep: &ClusterEndpoint) -> Result<()> {
+        let key = endpoint_key(&ep.network_id, &ep.id);
+        let value = records::encode(ep)?;
+        self.put_on_lease(key, value, &ep.id).await
+    }
+
+    /// Writes `key` on the membership lease (plainly if the store has no leases); once more
+    /// with a new lease if the current one expired meanwhile. `what` names it for errors.
+    async fn put_on_lease(&self, key: String, value: Vec<u8>, what: &str) -> Result<()> {
         let Some(cluster) = self.cluster() else {
             return Ok(());
         };
-        let key = endpoint_key(&ep.network_id, &ep.id);
-        let value = records::encode(ep)?;
         // Once more with a new lease if the one just read expired meanwhile.
         for _ in 0..2 {
             let op = match cluster.lease().await? {
@@ -852,7 +898,7 @@ impl Controller {
             match cluster.store().apply(vec![op]).await {
                 Ok(_) => return Ok(()),
                 Err(StoreError::LeaseNotFound { lease }) => {
-                    tracing::warn!(endpoint = %ep.id, %lease, "membership lease gone while publishing; granting another");
+                    tracing::warn!(key = %what, %lease, "membership lease gone while publishing; granting another");
                     let mut m = cluster.membership.lock().await;
                     if m.as_ref().is_some_and(|m| m.lease == lease) {
                         *m = None;
@@ -863,8 +909,8 @@ impl Controller {
         }
         Err(Error::InvalidRequest {
             kind: ObjectKind::Endpoint,
-            name: ep.id.clone(),
-            reason: "the membership lease expired twice while publishing the endpoint".into(),
+            name: what.to_owned(),
+            reason: "the membership lease expired twice while publishing the record".into(),
         })
     }
 
@@ -879,6 +925,7 @@ impl Controller {
         let Some(cluster) = self.cluster() else {
             return Ok(());
         };
+        self.publish_node().await?;
         let networks: BTreeSet<String> = {
             let records = self.records();
             records
@@ -920,6 +967,19 @@ impl Controller {
             );
         }
         Ok(())
+    }
+
+    /// Writes this host's membership record on its lease (at open and after a lost lease).
+    async fn publish_node(&self) -> Result<()> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(());
+        };
+        let key = format!("{KEY_C_NODES}{}", cluster.config.node);
+        let value = records::encode(&NodeRecord {
+            node: cluster.config.node.clone(),
+            addr: cluster.config.advertise_addr,
+        })?;
+        self.put_on_lease(key, value, &cluster.config.node).await
     }
 
     /// Withdraws a local endpoint of a cluster network.
@@ -1113,8 +1173,13 @@ impl Controller {
             cluster.shutdown.subscribe(),
         ));
         tokio::spawn(lease_loop(
-            weak,
+            weak.clone(),
             cluster.config.lease_ttl,
+            cluster.shutdown.subscribe(),
+        ));
+        tokio::spawn(super::service::service_loop(
+            weak,
+            cluster.services.wake.clone(),
             cluster.shutdown.subscribe(),
         ));
         Ok(())
@@ -1134,13 +1199,15 @@ impl Controller {
         let stream = cluster.store().watch(KEY_CLUSTER).await?;
         let mut listing = cluster.store().list(KEY_C_NETWORKS).await?;
         listing.extend(cluster.store().list(KEY_C_ENDPOINTS).await?);
-        let (touched, networks) = {
+        let services = cluster.store().list(super::service::KEY_C_SERVICES).await?;
+        let (touched, networks, removed) = {
             let mut mirror = cluster.mirror();
             let touched = mirror.replace(&listing);
             let networks: Vec<NetworkRecord> =
                 mirror.networks.values().map(|(_, r)| r.clone()).collect();
-            (touched, networks)
+            (touched, networks, mirror.take_removed())
         };
+        self.sweep(removed);
         for t in &touched {
             if let Touched::Network(id) = t {
                 if !networks.iter().any(|n| &n.info.id == id) {
@@ -1175,6 +1242,8 @@ impl Controller {
         for id in ids {
             self.reconcile_peers(&id, true).await;
         }
+        // Services last: their tasks join the networks just learnt.
+        cluster.services.replace(&services);
         tracing::debug!(node = %cluster.config.node, "cluster state synchronised");
         Ok(stream)
     }
@@ -1183,19 +1252,33 @@ impl Controller {
         let Some(cluster) = self.cluster() else {
             return;
         };
-        let (touched, record) = {
+        if event.key().starts_with(super::service::KEY_C_SERVICES) {
+            cluster.services.apply(&event);
+            return;
+        }
+        let (touched, record, removed) = {
             let mut mirror = cluster.mirror();
             let touched = mirror.apply(&event);
             let record = match &touched {
                 Some(Touched::Network(id)) => mirror.networks.get(id).map(|(_, r)| r.clone()),
                 _ => None,
             };
-            (touched, record)
+            (touched, record, mirror.take_removed())
         };
+        self.sweep(removed);
         match (touched, record) {
             (Some(Touched::Network(_)), Some(record)) => self.learn_network(record),
             (Some(Touched::Network(id)), None) => self.forget_network(&id),
             (Some(Touched::Endpoints(net)), _) => {
+                // The routing mesh balances over the replicas' ingress endpoints.
+                let ingress = self
+                    .records()
+                    .networks
+                    .get(&net)
+                    .is_some_and(super::is_ingress);
+                if ingress {
+                    cluster.services.wake.notify_one();
+                }
                 let known = cluster
                     .nets
                     .lock()
@@ -1207,6 +1290,71 @@ impl Controller {
             }
             (None, _) => {}
         }
+    }
+
+    /// Releases the cluster addresses of endpoint records that went away with their host (its
+    /// membership record is gone too: its lease expired), in the background. Every surviving
+    /// host tries; [`Ipam::release_if_older`] lets exactly one succeed per address and never
+    /// touches an allocation newer than the record. Records withdrawn by a live host are its
+    /// own to release (it does, on disconnect).
+    fn sweep(&self, removed: Vec<(Revision, ClusterEndpoint)>) {
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        let removed: Vec<(Revision, ClusterEndpoint)> = removed
+            .into_iter()
+            .filter(|(_, e)| e.node != cluster.config.node)
+            .collect();
+        if removed.is_empty() {
+            return;
+        }
+        let controller = self.clone();
+        tokio::spawn(async move {
+            let Some(cluster) = controller.cluster() else {
+                return;
+            };
+            let mut alive: HashMap<String, bool> = HashMap::new();
+            for (revision, ep) in removed {
+                let live = match alive.get(&ep.node) {
+                    Some(l) => *l,
+                    None => {
+                        let key = format!("{KEY_C_NODES}{}", ep.node);
+                        let l = match cluster.store().get(&key).await {
+                            Ok(kv) => kv.is_some(),
+                            Err(e) => {
+                                tracing::warn!(node = %ep.node, error = %e, "reading a membership record; not sweeping");
+                                true
+                            }
+                        };
+                        alive.insert(ep.node.clone(), l);
+                        l
+                    }
+                };
+                if live {
+                    continue;
+                }
+                let addrs = ep
+                    .ipv4
+                    .map(IpAddr::V4)
+                    .into_iter()
+                    .chain(ep.ipv6.map(IpAddr::V6));
+                for ip in addrs {
+                    match cluster
+                        .ipam
+                        .release_if_older(&ep.network_id, ip, revision)
+                        .await
+                    {
+                        Ok(true) => {
+                            tracing::info!(node = %ep.node, endpoint = %ep.name, %ip, "released the address of a dead host's endpoint")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(node = %ep.node, %ip, error = %e, "sweeping a dead host's address")
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Reconciles every known network from the kernel again, after a failure.

@@ -269,7 +269,7 @@ impl Controller {
         };
         let host = self.inner.host.clone();
         match echo_v4(&host, peer_v4, SMALL, PROBE_TIMEOUT).await? {
-            Echo::Reply => {}
+            Echo::Reply { .. } => {}
             other => {
                 d.findings.push(Finding::UnderlayUnreachable {
                     local: local_addr,
@@ -308,7 +308,7 @@ impl Controller {
             return Ok(d);
         };
         let small = echo_v4(&local_ns, target, SMALL, PROBE_TIMEOUT).await?;
-        if small != Echo::Reply {
+        if !small.is_reply() {
             d.findings.push(Finding::VxlanPortBlocked {
                 port,
                 local: local_addr,
@@ -328,7 +328,7 @@ impl Controller {
         });
         let needed = overlay_mtu + VXLAN_OVERHEAD;
         let big = echo_v4(&local_ns, target, overlay_mtu as usize, PROBE_TIMEOUT).await?;
-        if big != Echo::Reply {
+        if !big.is_reply() {
             let underlay = echo_v4(&host, peer_v4, needed as usize, PROBE_TIMEOUT).await?;
             d.findings.push(Finding::MtuMismatch {
                 overlay_mtu,

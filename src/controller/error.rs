@@ -18,6 +18,8 @@ pub enum ObjectKind {
     Interface,
     /// An alias.
     Alias,
+    /// A service.
+    Service,
 }
 
 impl std::fmt::Display for ObjectKind {
@@ -28,6 +30,7 @@ impl std::fmt::Display for ObjectKind {
             Self::Endpoint => "endpoint",
             Self::Interface => "interface",
             Self::Alias => "alias",
+            Self::Service => "service",
         })
     }
 }

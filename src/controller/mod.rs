@@ -29,11 +29,13 @@ mod error;
 pub mod files;
 pub mod inspect;
 mod journal;
+mod mesh;
 mod model;
 mod names;
 mod ports;
 mod reconcile;
 mod records;
+mod service;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -66,8 +68,13 @@ pub use diagnose::{Diagnosis, Finding};
 pub use error::{Error, ObjectKind, Result};
 pub use files::SandboxFiles;
 pub use inspect::NetworkInspect;
+pub use mesh::{INGRESS_SANDBOX, MeshPort};
 pub use model::{
     EndpointDetails, EndpointSpec, NetworkSpec, SandboxInfo, SandboxNamespace, SandboxSpec,
+};
+pub use service::{
+    LocalTask, MAX_REPLICAS, MAX_SERVICE_NAME_LEN, ServiceInspect, ServiceNetworkInspect,
+    ServicePort, ServiceSpec, TaskInspect,
 };
 
 use model::{EndpointRecord, NetworkRecord, SandboxRecord, StoredNamespace};
@@ -301,11 +308,15 @@ impl Controller {
 
     /// Creates a network (`docker network create`).
     pub async fn create_network(&self, spec: NetworkSpec) -> Result<NetworkInspect> {
-        if spec.name == GWBRIDGE_NETWORK {
+        if spec.name == GWBRIDGE_NETWORK || spec.name == INGRESS_NETWORK {
             return Err(Error::InvalidRequest {
                 kind: ObjectKind::Network,
+                reason: if spec.name == GWBRIDGE_NETWORK {
+                    "the name is reserved for the overlay egress bridge".into()
+                } else {
+                    "the name is reserved for the routing mesh's network".into()
+                },
                 name: spec.name,
-                reason: "the name is reserved for the overlay egress bridge".into(),
             });
         }
         let _guard = self.inner.network_lock.lock().await;
@@ -323,7 +334,7 @@ impl Controller {
         }
         let kind = spec.driver.kind();
         if kind.is_cluster_scoped() {
-            return self.create_cluster_network(spec).await;
+            return self.create_cluster_network(spec, predefined).await;
         }
         let driver = self.driver(kind)?;
         let invalid = |reason: String| Error::InvalidRequest {
@@ -784,6 +795,18 @@ impl Controller {
         network: &str,
         spec: EndpointSpec,
     ) -> Result<EndpointDetails> {
+        self.connect_as(sandbox, network, spec, Joiner::Standalone)
+            .await
+    }
+
+    /// [`Controller::connect`] for a standalone sandbox or a service's task.
+    async fn connect_as(
+        &self,
+        sandbox: &str,
+        network: &str,
+        spec: EndpointSpec,
+        joiner: Joiner,
+    ) -> Result<EndpointDetails> {
         let sb_name = self.records().sandbox(sandbox)?.name.clone();
         // A cluster network created on another host is learnt when a container here joins it.
         let unknown = matches!(self.records().network(network), Err(Error::NotFound { .. }));
@@ -793,7 +816,9 @@ impl Controller {
         self.refuse_gwbridge(&sb_name, network)?;
         let lock = self.sandbox_lock(&sb_name);
         let _guard = lock.lock().await;
-        let details = self.connect_locked(sandbox, network, spec).await?;
+        let details = self
+            .connect_locked_as(sandbox, network, spec, joiner)
+            .await?;
         // A non-internal overlay gives no way out: the sandbox gets an endpoint on the
         // host's egress bridge as well (or the whole connect is undone).
         if let Err(e) = self.attach_gwbridge(&details).await {
@@ -899,6 +924,17 @@ impl Controller {
         network: &str,
         spec: EndpointSpec,
     ) -> Result<EndpointDetails> {
+        self.connect_locked_as(sandbox, network, spec, Joiner::Standalone)
+            .await
+    }
+
+    async fn connect_locked_as(
+        &self,
+        sandbox: &str,
+        network: &str,
+        spec: EndpointSpec,
+        joiner: Joiner,
+    ) -> Result<EndpointDetails> {
         let _gate = self.inner.kernel_gate.read().await;
         // Looked up again under the lock: the sandbox may have been deleted meanwhile.
         let (sb, net) = {
@@ -927,7 +963,7 @@ impl Controller {
             });
         }
         let kind = info.options.kind();
-        if kind.is_cluster_scoped() && !net.attachable {
+        if kind.is_cluster_scoped() && !net.attachable && joiner == Joiner::Standalone {
             return Err(Error::NotAttachable {
                 network: info.name.clone(),
                 sandbox: sb.name.clone(),
@@ -1461,6 +1497,10 @@ impl Controller {
             })
     }
 
+    async fn put<T: serde::Serialize>(&self, prefix: &str, id: &str, value: &T) -> Result<()> {
+        self.journal_put(prefix, id, value, true).await
+    }
+
     async fn release_addresses(&self, net: &NetworkInfo, addrs: &[IpAddr]) {
         for ip in addrs {
             if let Err(e) = self.ipam_for(net).release(&net.id, *ip).await {
@@ -1755,6 +1795,25 @@ fn host_resolv_conf(config: &ControllerConfig, host: &NetNs) -> PathBuf {
 /// which carries its default route (icc off, masquerade on). Created on demand, hidden from the
 /// sandbox's endpoints, shown in its own inspect as containers `gateway_<sandbox id, 12 hex>`.
 pub const GWBRIDGE_NETWORK: &str = "wharf_gwbridge";
+
+/// The routing mesh's overlay network (Docker's `ingress`): every host's `ingress-sbox` and
+/// every replica of a service with published ports has an endpoint on it.
+pub const INGRESS_NETWORK: &str = "ingress";
+
+/// Whether a network is the routing mesh's `ingress` overlay (created by wharf).
+pub(crate) fn is_ingress(net: &NetworkRecord) -> bool {
+    net.predefined
+        && net.info.name == INGRESS_NETWORK
+        && net.info.options.kind().is_cluster_scoped()
+}
+
+/// Who joins a network: a standalone sandbox, or a service's task (which may join
+/// non-attachable cluster networks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Joiner {
+    Standalone,
+    Task,
+}
 
 /// Whether a network is the egress bridge (no name resolution on it; managed by wharf).
 pub(crate) fn is_gwbridge(net: &NetworkRecord) -> bool {

@@ -87,6 +87,11 @@ impl Controller {
         sandboxes: &HashMap<String, SandboxRecord>,
     ) -> Result<()> {
         let id = &ep.info.id;
+        if !networks.contains_key(&ep.network_id) && self.cluster().is_some() {
+            // A cluster network lives in the cluster store, learnt after this (its endpoints
+            // are resynchronised with the kernel then, see `cluster.rs`).
+            return Ok(());
+        }
         let (Some(net), Some(sb)) = (networks.get(&ep.network_id), sandboxes.get(&ep.sandbox_id))
         else {
             // Its network or sandbox record is gone: nothing can use it.

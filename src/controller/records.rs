@@ -210,6 +210,9 @@ pub(crate) fn inspect(
             let (key, name) = if super::is_gwbridge(net) {
                 let short: String = sb.id.chars().take(12).collect();
                 (format!("gateway_{short}"), format!("gateway_{short}"))
+            } else if super::is_ingress(net) && sb.name == super::mesh::INGRESS_SANDBOX {
+                // As Docker shows its routing-mesh sandbox.
+                (sb.name.clone(), "ingress-endpoint".into())
             } else {
                 (sb.id.clone(), sb.name.clone())
             };
@@ -247,7 +250,7 @@ pub(crate) fn inspect(
         },
         internal: info.internal,
         attachable: net.attachable,
-        ingress: false,
+        ingress: super::is_ingress(net),
         config_from: ConfigFrom::default(),
         config_only: false,
         containers,

@@ -109,7 +109,7 @@ pub fn handle(table: &Table, cx: &Context<'_>, query: &[u8]) -> Action {
     let view = table.sandbox(cx.sandbox);
     if question.query_class() == DNSClass::IN {
         if let Some(view) = view {
-            if let Some(answers) = local_answers(view, question, cx) {
+            if let Some(answers) = local_answers(&view, question, cx) {
                 return Action::Reply(reply(&request, ResponseCode::NoError, answers, cx));
             }
         }
@@ -139,7 +139,7 @@ pub fn handle(table: &Table, cx: &Context<'_>, query: &[u8]) -> Action {
 }
 
 /// The answer records for a local name, or `None` when the name is not local (forward it).
-fn local_answers(view: &SandboxView, q: &Query, cx: &Context<'_>) -> Option<Vec<Record>> {
+fn local_answers(view: &SandboxView<'_>, q: &Query, cx: &Context<'_>) -> Option<Vec<Record>> {
     let qtype = q.query_type();
     match qtype {
         RecordType::A | RecordType::AAAA | RecordType::MX => {

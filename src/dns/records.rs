@@ -10,10 +10,12 @@
 //! aliases, and both again suffixed with `.network-name`; a sandbox sees the names of the
 //! networks it has an endpoint on, and nothing else.
 //!
-//! This module is pure: no sockets, no clock, no async. Rebuilding costs the size of the one
-//! network that changed plus one pass over the sandboxes.
+//! This module is pure: no sockets, no clock, no async. A change costs what it changes: the
+//! names of the one endpoint (each name's owners are indexed), never the size of the network or
+//! the number of sandboxes, because the table is made of persistent maps (`imbl`) that a new
+//! snapshot shares with the last one. Only renaming a network derives its names again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -109,34 +111,42 @@ impl Addrs {
     }
 }
 
-/// One network's derived records.
-#[derive(Debug)]
+/// One network's derived records, in persistent maps: a snapshot is a constant-time clone that
+/// shares everything with the next version, and a change copies only what it touches.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct NetView {
     pub(crate) internal: bool,
     pub(crate) upstreams: Option<Arc<[SocketAddr]>>,
     /// Lower-case name (no trailing dot) -> addresses.
-    names: HashMap<Box<[u8]>, Addrs>,
-    /// Address -> `container.network.` (the first endpoint registered with it).
-    ptr: HashMap<IpAddr, Name>,
+    names: imbl::HashMap<Arc<[u8]>, Arc<Addrs>>,
+    /// Address -> `container.network.` (the first endpoint, by sandbox id, registered with it).
+    ptr: imbl::HashMap<IpAddr, Arc<Name>>,
 }
 
-/// What one sandbox may see.
-#[derive(Debug)]
-pub(crate) struct SandboxView {
-    /// The networks it has an endpoint on, ordered by network id.
-    networks: Vec<Arc<NetView>>,
+/// What one sandbox may see: the networks it has an endpoint on, as found in one [`Table`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SandboxView<'a> {
+    table: &'a Table,
+    /// The networks' ids, in id order.
+    networks: &'a [Arc<str>],
 }
 
-impl SandboxView {
+impl<'a> SandboxView<'a> {
+    fn nets(&self) -> impl Iterator<Item = &'a NetView> + 'a {
+        let table = self.table;
+        self.networks
+            .iter()
+            .filter_map(move |id| table.networks.get(id).map(|v| &**v))
+    }
+
     /// Whether any of its networks leads out (is not internal).
     pub(crate) fn can_forward(&self) -> bool {
-        self.networks.iter().any(|n| !n.internal)
+        self.nets().any(|n| !n.internal)
     }
 
     /// The first upstream override among its non-internal networks.
-    pub(crate) fn network_upstreams(&self) -> Option<&Arc<[SocketAddr]>> {
-        self.networks
-            .iter()
+    pub(crate) fn network_upstreams(&self) -> Option<&'a Arc<[SocketAddr]>> {
+        self.nets()
             .filter(|n| !n.internal)
             .find_map(|n| n.upstreams.as_ref())
     }
@@ -145,10 +155,10 @@ impl SandboxView {
     /// when no shared network knows the name.
     pub(crate) fn lookup(&self, key: &[u8]) -> Option<Addrs> {
         let mut found: Option<Addrs> = None;
-        for net in &self.networks {
+        for net in self.nets() {
             if let Some(addrs) = net.names.get(key) {
                 match &mut found {
-                    None => found = Some(addrs.clone()),
+                    None => found = Some((**addrs).clone()),
                     Some(f) => f.extend(addrs),
                 }
             }
@@ -157,20 +167,28 @@ impl SandboxView {
     }
 
     /// The name of a container with address `ip` on one of the sandbox's networks.
-    pub(crate) fn reverse(&self, ip: IpAddr) -> Option<&Name> {
-        self.networks.iter().find_map(|n| n.ptr.get(&ip))
+    pub(crate) fn reverse(&self, ip: IpAddr) -> Option<&'a Name> {
+        self.nets().find_map(|n| n.ptr.get(&ip).map(|name| &**name))
     }
 }
 
-/// An immutable snapshot of every sandbox's view, read by the serving tasks.
-#[derive(Debug, Default)]
+/// An immutable snapshot of every sandbox's view, read by the serving tasks. Cloning one is
+/// constant-time (persistent maps): each change publishes a new table at the cost of what
+/// changed, not of the number of sandboxes or names.
+#[derive(Debug, Clone, Default)]
 pub struct Table {
-    sandboxes: HashMap<Box<str>, SandboxView>,
+    /// Network id -> its records.
+    networks: imbl::HashMap<Arc<str>, Arc<NetView>>,
+    /// Sandbox id -> the ids of the networks it has an endpoint on, in id order.
+    sandboxes: imbl::HashMap<Arc<str>, Arc<[Arc<str>]>>,
 }
 
 impl Table {
-    pub(crate) fn sandbox(&self, id: &str) -> Option<&SandboxView> {
-        self.sandboxes.get(id)
+    pub(crate) fn sandbox(&self, id: &str) -> Option<SandboxView<'_>> {
+        self.sandboxes.get(id).map(|networks| SandboxView {
+            table: self,
+            networks,
+        })
     }
 
     /// Addresses `name` resolves to for `sandbox` (test and debugging helper; the server uses
@@ -183,6 +201,28 @@ impl Table {
     /// The number of sandboxes that have at least one endpoint.
     pub fn sandbox_count(&self) -> usize {
         self.sandboxes.len()
+    }
+
+    /// Records that `sandbox` has (`on`) or no longer has an endpoint on `network`.
+    fn set_member(&mut self, sandbox: &str, network: &str, on: bool) {
+        let mut nets: Vec<Arc<str>> = self
+            .sandboxes
+            .get(sandbox)
+            .map(|n| n.to_vec())
+            .unwrap_or_default();
+        let at = nets.binary_search_by(|n| (**n).cmp(network));
+        match (at, on) {
+            (Err(i), true) => nets.insert(i, network.into()),
+            (Ok(i), false) => {
+                nets.remove(i);
+            }
+            _ => return,
+        }
+        if nets.is_empty() {
+            self.sandboxes.remove(sandbox);
+        } else {
+            self.sandboxes.insert(sandbox.into(), nets.into());
+        }
     }
 }
 
@@ -225,16 +265,160 @@ fn validate_name(what: impl Fn() -> String, name: &str) -> Result<(), DnsError> 
 struct NetEntry {
     key: NetworkKey,
     dns: NetworkDns,
-    /// Sandbox id -> endpoint, ordered so rebuilding is deterministic.
+    /// Sandbox id -> endpoint, ordered: names with several owners list them in this order.
     endpoints: BTreeMap<String, EndpointDns>,
-    view: Arc<NetView>,
+    /// Name -> the sandboxes whose endpoint has it (short and `name.network` forms).
+    owners: HashMap<Arc<[u8]>, BTreeSet<String>>,
+    /// Address -> the sandboxes whose endpoint has it; the first names the PTR record.
+    ptr_owners: HashMap<IpAddr, BTreeSet<String>>,
+    /// What the table publishes for this network.
+    view: NetView,
 }
 
-/// The authoritative, mutable record set. Each change returns the new [`Table`] to publish.
+impl NetEntry {
+    fn new(key: NetworkKey, dns: NetworkDns) -> Self {
+        let view = NetView {
+            internal: dns.internal,
+            upstreams: dns.upstreams.as_deref().map(Arc::from),
+            ..NetView::default()
+        };
+        Self {
+            key,
+            dns,
+            endpoints: BTreeMap::new(),
+            owners: HashMap::new(),
+            ptr_owners: HashMap::new(),
+            view,
+        }
+    }
+
+    /// The names an endpoint contributes: its container name and aliases, each alone and
+    /// suffixed with `.network`.
+    fn names_of(&self, ep: &EndpointDns) -> Vec<Arc<[u8]>> {
+        if !self.dns.resolves_names {
+            return Vec::new();
+        }
+        let suffix = normalize(&self.key.name).unwrap_or_default();
+        let mut out: Vec<Arc<[u8]>> = Vec::new();
+        for name in std::iter::once(&ep.name).chain(&ep.aliases) {
+            let Some(short) = normalize(name) else {
+                continue;
+            };
+            let mut long = Vec::with_capacity(short.len() + 1 + suffix.len());
+            long.extend_from_slice(&short);
+            long.push(b'.');
+            long.extend_from_slice(&suffix);
+            for n in [Arc::from(short), Arc::from(long)] {
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+        }
+        out
+    }
+
+    /// The addresses an endpoint has PTR records for.
+    fn ptr_addrs_of(&self, ep: &EndpointDns) -> Vec<IpAddr> {
+        if !self.dns.resolves_names {
+            return Vec::new();
+        }
+        [ep.ipv4.map(IpAddr::V4), ep.ipv6.map(IpAddr::V6)]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// PTR answers `container.network.`, as Docker does (aliases have no PTR).
+    fn ptr_target(&self, ep: &EndpointDns) -> Option<Name> {
+        let base = ep.name.strip_suffix('.').unwrap_or(&ep.name);
+        Name::from_ascii(format!("{base}.{}.", self.key.name)).ok()
+    }
+
+    /// Adds (`on`) or removes the endpoint of `sandbox` to/from the owners of its names and
+    /// addresses, and derives those entries again: the cost is the endpoint's names, whatever
+    /// the size of the network.
+    fn index(&mut self, sandbox: &str, ep: &EndpointDns, on: bool) {
+        for name in self.names_of(ep) {
+            let owners = self.owners.entry(name.clone()).or_default();
+            if on {
+                owners.insert(sandbox.to_owned());
+            } else {
+                owners.remove(sandbox);
+            }
+            self.derive_name(&name);
+        }
+        for ip in self.ptr_addrs_of(ep) {
+            let owners = self.ptr_owners.entry(ip).or_default();
+            if on {
+                owners.insert(sandbox.to_owned());
+            } else {
+                owners.remove(sandbox);
+            }
+            self.derive_ptr(ip);
+        }
+    }
+
+    /// A name's addresses: those of its owners, in sandbox id order, without repeats. A name
+    /// whose owners have no address still exists (asked for, it gets an empty answer).
+    fn derive_name(&mut self, name: &Arc<[u8]>) {
+        let Some(owners) = self.owners.get(name).filter(|o| !o.is_empty()) else {
+            self.owners.remove(name);
+            self.view.names.remove(name);
+            return;
+        };
+        let mut addrs = Addrs::default();
+        for ep in owners.iter().filter_map(|sb| self.endpoints.get(sb)) {
+            addrs.push(ep.ipv4, ep.ipv6);
+        }
+        self.view.names.insert(name.clone(), Arc::new(addrs));
+    }
+
+    /// An address's PTR name: that of its first owner (by sandbox id) with a valid one.
+    fn derive_ptr(&mut self, ip: IpAddr) {
+        let target = self
+            .ptr_owners
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|sb| self.endpoints.get(sb))
+            .find_map(|ep| self.ptr_target(ep));
+        match target {
+            Some(t) => {
+                self.view.ptr.insert(ip, Arc::new(t));
+            }
+            None => {
+                if self.ptr_owners.get(&ip).is_some_and(|o| o.is_empty()) {
+                    self.ptr_owners.remove(&ip);
+                }
+                self.view.ptr.remove(&ip);
+            }
+        }
+    }
+
+    /// Derives every name again (the network was renamed or started or stopped resolving
+    /// names): the one change whose cost is the size of the network.
+    fn reindex(&mut self) {
+        self.owners.clear();
+        self.ptr_owners.clear();
+        self.view.names = imbl::HashMap::new();
+        self.view.ptr = imbl::HashMap::new();
+        let endpoints: Vec<(String, EndpointDns)> = self
+            .endpoints
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (sandbox, ep) in &endpoints {
+            self.index(sandbox, ep, true);
+        }
+    }
+}
+
+/// The authoritative, mutable record set, and the [`Table`] it currently derives.
 #[derive(Debug, Default)]
 pub struct Records {
-    /// Network id -> entry, ordered by id.
+    /// Network id -> entry.
     networks: BTreeMap<String, NetEntry>,
+    table: Table,
 }
 
 impl Records {
@@ -243,30 +427,49 @@ impl Records {
         Self::default()
     }
 
+    /// Publishes network `id`'s current view in the table.
+    fn publish(&mut self, id: &str) {
+        if let Some(entry) = self.networks.get(id) {
+            self.table
+                .networks
+                .insert(id.into(), Arc::new(entry.view.clone()));
+        }
+    }
+
     /// Adds a network or changes its name or settings (its endpoints are kept).
     pub fn upsert_network(&mut self, key: NetworkKey, dns: NetworkDns) -> Result<(), DnsError> {
         validate_name(|| format!("registering network {:?}", key.id), &key.name)?;
-        let endpoints = self
-            .networks
-            .remove(&key.id)
-            .map(|e| e.endpoints)
-            .unwrap_or_default();
-        let view = Arc::new(build_view(&key, &dns, &endpoints));
-        self.networks.insert(
-            key.id.clone(),
-            NetEntry {
-                key,
-                dns,
-                endpoints,
-                view,
-            },
-        );
+        let id = key.id.clone();
+        match self.networks.get_mut(&id) {
+            None => {
+                self.networks.insert(id.clone(), NetEntry::new(key, dns));
+            }
+            Some(entry) => {
+                let names_change =
+                    entry.key.name != key.name || entry.dns.resolves_names != dns.resolves_names;
+                entry.view.internal = dns.internal;
+                entry.view.upstreams = dns.upstreams.as_deref().map(Arc::from);
+                entry.key = key;
+                entry.dns = dns;
+                if names_change {
+                    entry.reindex();
+                }
+            }
+        }
+        self.publish(&id);
         Ok(())
     }
 
     /// Removes a network and all its endpoints. Returns whether it existed.
     pub fn remove_network(&mut self, network_id: &str) -> bool {
-        self.networks.remove(network_id).is_some()
+        let Some(entry) = self.networks.remove(network_id) else {
+            return false;
+        };
+        self.table.networks.remove(network_id);
+        for sandbox in entry.endpoints.keys() {
+            self.table.set_member(sandbox, network_id, false);
+        }
+        true
     }
 
     /// Adds or replaces the endpoint of `ep.sandbox_id` on `ep.network_id`.
@@ -287,8 +490,15 @@ impl Records {
                 sandbox: ep.sandbox_id.clone(),
             });
         };
-        entry.endpoints.insert(ep.sandbox_id.clone(), ep);
-        entry.view = Arc::new(build_view(&entry.key, &entry.dns, &entry.endpoints));
+        let sandbox = ep.sandbox_id.clone();
+        let network = ep.network_id.clone();
+        if let Some(old) = entry.endpoints.remove(&sandbox) {
+            entry.index(&sandbox, &old, false);
+        }
+        entry.endpoints.insert(sandbox.clone(), ep.clone());
+        entry.index(&sandbox, &ep, true);
+        self.publish(&network);
+        self.table.set_member(&sandbox, &network, true);
         Ok(())
     }
 
@@ -297,84 +507,32 @@ impl Records {
         let Some(entry) = self.networks.get_mut(network_id) else {
             return false;
         };
-        if entry.endpoints.remove(sandbox_id).is_none() {
+        let Some(old) = entry.endpoints.remove(sandbox_id) else {
             return false;
-        }
-        entry.view = Arc::new(build_view(&entry.key, &entry.dns, &entry.endpoints));
+        };
+        entry.index(sandbox_id, &old, false);
+        self.publish(network_id);
+        self.table.set_member(sandbox_id, network_id, false);
         true
     }
 
     /// Removes every endpoint of `sandbox_id` (the sandbox is gone). Returns how many.
     pub fn remove_sandbox(&mut self, sandbox_id: &str) -> usize {
-        let mut removed = 0;
-        for entry in self.networks.values_mut() {
-            if entry.endpoints.remove(sandbox_id).is_some() {
-                removed += 1;
-                entry.view = Arc::new(build_view(&entry.key, &entry.dns, &entry.endpoints));
-            }
-        }
-        removed
+        let networks: Vec<String> = self
+            .table
+            .sandboxes
+            .get(sandbox_id)
+            .map(|n| n.iter().map(|id| id.to_string()).collect())
+            .unwrap_or_default();
+        networks
+            .iter()
+            .filter(|net| self.remove_endpoint(net, sandbox_id))
+            .count()
     }
 
-    /// Derives the snapshot the serving tasks read.
+    /// The snapshot the serving tasks read: a constant-time clone of the current table.
     pub fn table(&self) -> Table {
-        let mut sandboxes: HashMap<Box<str>, SandboxView> = HashMap::new();
-        for entry in self.networks.values() {
-            for sandbox in entry.endpoints.keys() {
-                sandboxes
-                    .entry(sandbox.as_str().into())
-                    .or_insert_with(|| SandboxView {
-                        networks: Vec::new(),
-                    })
-                    .networks
-                    .push(entry.view.clone());
-            }
-        }
-        Table { sandboxes }
-    }
-}
-
-fn build_view(
-    key: &NetworkKey,
-    dns: &NetworkDns,
-    endpoints: &BTreeMap<String, EndpointDns>,
-) -> NetView {
-    let mut names: HashMap<Box<[u8]>, Addrs> = HashMap::new();
-    let mut ptr: HashMap<IpAddr, Name> = HashMap::new();
-    if dns.resolves_names {
-        let suffix = normalize(&key.name).unwrap_or_default();
-        for ep in endpoints.values() {
-            for name in std::iter::once(&ep.name).chain(&ep.aliases) {
-                let Some(short) = normalize(name) else {
-                    continue;
-                };
-                let mut long = Vec::with_capacity(short.len() + 1 + suffix.len());
-                long.extend_from_slice(&short);
-                long.push(b'.');
-                long.extend_from_slice(&suffix);
-                names.entry(short).or_default().push(ep.ipv4, ep.ipv6);
-                names
-                    .entry(long.into_boxed_slice())
-                    .or_default()
-                    .push(ep.ipv4, ep.ipv6);
-            }
-            // PTR answers `container.network.`, as Docker does (aliases have no PTR).
-            let base = ep.name.strip_suffix('.').unwrap_or(&ep.name);
-            if let Ok(target) = Name::from_ascii(format!("{base}.{}.", key.name)) {
-                for ip in [ep.ipv4.map(IpAddr::V4), ep.ipv6.map(IpAddr::V6)]
-                    .into_iter()
-                    .flatten()
-                {
-                    ptr.entry(ip).or_insert_with(|| target.clone());
-                }
-            }
-        }
-    }
-    NetView {
-        internal: dns.internal,
-        upstreams: dns.upstreams.as_deref().map(Arc::from),
-        names,
-        ptr,
+        self.table.clone()
     }
 }
 
@@ -529,6 +687,114 @@ mod tests {
             ["10.0.0.2"],
             "bridge adds no name"
         );
+    }
+
+    #[test]
+    fn a_published_table_never_changes() {
+        let mut r = world();
+        let before = r.table();
+        r.upsert_endpoint(ep("na", "s4", "alpine4", &["web"], "172.18.0.4"))
+            .unwrap();
+        r.remove_endpoint("na", "s1");
+        assert_eq!(
+            v4(before.resolve("s1", "web")),
+            ["172.18.0.2", "172.18.0.3"]
+        );
+        assert_eq!(before.resolve("s2", "alpine4"), None);
+        let after = r.table();
+        assert_eq!(v4(after.resolve("s2", "web")), ["172.18.0.3", "172.18.0.4"]);
+        assert!(after.sandbox("s1").is_none());
+    }
+
+    #[test]
+    fn renaming_a_network_renames_its_long_names() {
+        let mut r = world();
+        r.upsert_network(
+            NetworkKey {
+                id: "na".into(),
+                name: "renamed".into(),
+            },
+            NetworkDns::default(),
+        )
+        .unwrap();
+        let t = r.table();
+        assert_eq!(t.resolve("s1", "alpine2.alpine-net"), None);
+        assert_eq!(v4(t.resolve("s1", "alpine2.renamed")), ["172.18.0.3"]);
+        assert_eq!(
+            t.sandbox("s1")
+                .unwrap()
+                .reverse("172.18.0.3".parse().unwrap())
+                .unwrap()
+                .to_ascii(),
+            "alpine2.renamed."
+        );
+    }
+
+    /// Changed piece by piece, the table answers exactly as one built from the final state.
+    #[test]
+    fn incremental_changes_match_a_fresh_build() {
+        let mut r = Records::new();
+        net(&mut r, "na", "a");
+        net(&mut r, "nb", "b");
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let mut live: BTreeMap<(String, String), EndpointDns> = BTreeMap::new();
+        for _ in 0..3000 {
+            let network = if next(2) == 0 { "na" } else { "nb" };
+            let sandbox = format!("s{}", next(40));
+            if next(3) == 0 {
+                r.remove_endpoint(network, &sandbox);
+                live.remove(&(network.to_owned(), sandbox));
+            } else {
+                // Few names and addresses, so that they are shared and reused.
+                let alias = format!("x{}", next(5));
+                let e = ep(
+                    network,
+                    &sandbox,
+                    &format!("c{}", next(30)),
+                    &[alias.as_str()],
+                    &format!("10.0.0.{}", next(20)),
+                );
+                r.upsert_endpoint(e.clone()).unwrap();
+                live.insert((network.to_owned(), sandbox), e);
+            }
+        }
+        let mut fresh = Records::new();
+        net(&mut fresh, "na", "a");
+        net(&mut fresh, "nb", "b");
+        for e in live.values() {
+            fresh.upsert_endpoint(e.clone()).unwrap();
+        }
+        let (got, want) = (r.table(), fresh.table());
+        assert_eq!(got.sandbox_count(), want.sandbox_count());
+        for s in 0..40 {
+            let sandbox = format!("s{s}");
+            let names = (0..30)
+                .map(|c| format!("c{c}"))
+                .chain((0..5).map(|x| format!("x{x}")));
+            for name in names {
+                for full in [name.clone(), format!("{name}.a"), format!("{name}.b")] {
+                    assert_eq!(
+                        got.resolve(&sandbox, &full),
+                        want.resolve(&sandbox, &full),
+                        "{sandbox} asking {full}"
+                    );
+                }
+            }
+            for last in 0..20 {
+                let ip: IpAddr = format!("10.0.0.{last}").parse().unwrap();
+                let reverse = |t: &Table| {
+                    t.sandbox(&sandbox)
+                        .and_then(|v| v.reverse(ip).map(|n| n.to_ascii()))
+                };
+                assert_eq!(reverse(&got), reverse(&want), "{sandbox} asking PTR {ip}");
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! addresses. Every query reads the current [`super::records::Table`] snapshot, so changes
 //! apply to the next query without touching the listener.
 //!
-//! Bounds: UDP queries are read into a 4 KiB buffer (longer ones are cut and get FORMERR);
+//! Bounds: UDP queries are read into a 4 KiB buffer that exists only while datagrams wait (longer
+//! ones are cut and get FORMERR);
 //! forwarded queries run in their own tasks, limited across the resolver; TCP connections are
 //! limited per listener in number, idle time and pipelined queries; a connection that does
 //! not read its answers is closed.
@@ -204,43 +205,73 @@ pub(crate) fn set_recv_buffer(s: &Socket, bytes: usize) {
     }
 }
 
+/// Datagrams one UDP worker answers before it lets other tasks run.
+const UDP_BATCH: usize = 64;
+
 async fn serve_udp(sock: Arc<UdpSocket>, cx: Arc<ListenerCx>, worker: usize) {
-    // One byte more than the largest query, to tell a datagram that was cut.
-    let mut buf = vec![0u8; MAX_UDP_QUERY + 1];
     let mut rotate = worker;
     loop {
-        let (n, peer) = match sock.recv_from(&mut buf).await {
-            Ok(got) => got,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                continue;
-            }
-        };
-        if n > MAX_UDP_QUERY {
-            if let Some(bytes) = handler::format_error(&buf[..n.min(buf.len())]) {
-                let _ = sock.send_to(&bytes, peer).await;
-            }
+        if sock.readable().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }
-        let query = &buf[..n];
-        rotate = rotate.wrapping_add(1);
-        match cx.handle(query, Transport::Udp, rotate) {
-            Action::Reply(bytes) => {
+        // The buffer lives only while datagrams are waiting: an idle listener (most of them,
+        // most of the time) holds none, which keeps a sandbox's resolver small. One byte more
+        // than the largest query, to tell a datagram that was cut.
+        let mut buf = vec![0u8; MAX_UDP_QUERY + 1];
+        let mut failed = false;
+        for _ in 0..UDP_BATCH {
+            let (n, peer) = match sock.try_recv_from(&mut buf) {
+                Ok(got) => got,
+                Err(e) => {
+                    failed = e.kind() != io::ErrorKind::WouldBlock;
+                    break;
+                }
+            };
+            if n > MAX_UDP_QUERY {
+                if let Some(bytes) = handler::format_error(&buf[..n.min(buf.len())]) {
+                    send_udp(&sock, bytes, peer);
+                }
+                continue;
+            }
+            let query = &buf[..n];
+            rotate = rotate.wrapping_add(1);
+            match cx.handle(query, Transport::Udp, rotate) {
+                Action::Reply(bytes) => send_udp(&sock, bytes, peer),
+                Action::Forward(plan) => {
+                    let Some(permit) = cx.shared.forwarder.try_permit() else {
+                        if let Some(bytes) = handler::servfail(query, Transport::Udp) {
+                            send_udp(&sock, bytes, peer);
+                        }
+                        continue;
+                    };
+                    let query = query.to_vec();
+                    let weak = Arc::downgrade(&sock);
+                    let shared = cx.shared.clone();
+                    tokio::spawn(forward_udp(shared, query, plan, weak, peer, permit));
+                }
+                Action::Drop => {}
+            }
+        }
+        drop(buf);
+        if failed {
+            // A socket error (e.g. an ICMP error queued on it): back off instead of spinning.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Answers `peer` at once when the socket's send buffer has room (nearly always), else from a
+/// task of its own, so a full buffer never stalls the worker.
+fn send_udp(sock: &Arc<UdpSocket>, bytes: Vec<u8>, peer: SocketAddr) {
+    if let Err(e) = sock.try_send_to(&bytes, peer) {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            let sock = sock.clone();
+            tokio::spawn(async move {
                 let _ = sock.send_to(&bytes, peer).await;
-            }
-            Action::Forward(plan) => {
-                let Some(permit) = cx.shared.forwarder.try_permit() else {
-                    if let Some(bytes) = handler::servfail(query, Transport::Udp) {
-                        let _ = sock.send_to(&bytes, peer).await;
-                    }
-                    continue;
-                };
-                let query = query.to_vec();
-                let weak = Arc::downgrade(&sock);
-                let shared = cx.shared.clone();
-                tokio::spawn(forward_udp(shared, query, plan, weak, peer, permit));
-            }
-            Action::Drop => {}
+            });
         }
     }
 }

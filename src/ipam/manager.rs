@@ -16,7 +16,7 @@ use super::pool::{
     CLUSTER_DEFAULT_POOLS, LOCAL_DEFAULT_POOLS, Occupied, PoolSpec, first_free_subnet, ula_pool,
 };
 use super::{Family, IpamConfig, IpamError};
-use crate::store::{KeyValue, MAX_BATCH_OPS, Op, Store, StoreError};
+use crate::store::{KeyValue, MAX_BATCH_OPS, Op, Revision, Store, StoreError};
 
 /// Whether a network lives on this host only or is shared by a cluster of hosts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -1173,6 +1173,42 @@ impl Ipam {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Releases an address another allocator (another host) took, if the allocation is older
+    /// than `older_than`, the store revision of the record that used it: the sweep of a dead
+    /// host's addresses. The key is deleted with a compare-and-swap on the revision read, so
+    /// when several hosts sweep the same address exactly one releases it, and an allocation
+    /// made after `older_than` (the address was released and taken again) is never touched.
+    /// `Ok(true)`: this call released it; `Ok(false)`: nothing to release (any more).
+    pub async fn release_if_older(
+        &self,
+        network_id: &str,
+        ip: IpAddr,
+        older_than: Revision,
+    ) -> Result<bool, IpamError> {
+        self.ensure_loaded(network_id).await?;
+        let key = self.addr_key(network_id, ip);
+        let Some(kv) = self.inner.store.get(&key).await? else {
+            return Ok(false);
+        };
+        if kv.revision >= older_than {
+            return Ok(false);
+        }
+        let op = Op::DeleteIf {
+            key,
+            expected: kv.revision,
+        };
+        match self.inner.store.apply(vec![op]).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(entry) = self.state().entry_for(network_id, ip) {
+            // Not allocated in this allocator's memory is fine: another host allocated it.
+            let _ = entry.alloc.release(ip);
+        }
+        Ok(true)
     }
 
     /// The subnets of a network, in request order.

@@ -6,20 +6,15 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
-use nix::sys::socket::{
-    AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage, recvfrom, sendto,
-    setsockopt, socket, sockopt,
-};
-use nix::sys::time::TimeVal;
 use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
+use crate::sys::icmp::{Echo, EchoProbe};
 use crate::sys::{NetNs, SysError};
 
 /// How long a probe waits by default before calling a destination unreachable.
@@ -88,152 +83,33 @@ impl ProbeError {
     }
 }
 
-static PING_IDENT: AtomicU16 = AtomicU16::new(0);
-
 /// Sends ICMP echo requests from `ns` to `dst` (one every 200 ms) until a reply arrives or
 /// `timeout` passes. Returns the round-trip time of the first reply.
 ///
 /// Fails fast with [`ProbeError::Unreachable`] when an ICMP error about the probe comes back or
-/// the kernel has no route.
+/// the kernel has no route. The echo itself is the kernel layer's ([`EchoProbe`]).
 pub async fn ping(ns: &NetNs, dst: IpAddr, timeout: Duration) -> Result<Duration, ProbeError> {
-    ns.run(move || ping_blocking(dst, timeout)).await?
+    let what = || format!("ping {dst}");
+    match EchoProbe::new(dst, timeout).send(ns).await? {
+        Echo::Reply { rtt } => Ok(rtt),
+        Echo::Silence(timeout) => Err(ProbeError::Timeout {
+            what: what(),
+            timeout,
+        }),
+        Echo::Unreachable(detail) => Err(ProbeError::Unreachable {
+            what: what(),
+            detail,
+        }),
+        Echo::TooBig => Err(ProbeError::Unreachable {
+            what: what(),
+            detail: "message too long".into(),
+        }),
+    }
 }
 
 /// `true` when [`ping`] gets a reply within `timeout`.
 pub async fn can_ping(ns: &NetNs, dst: IpAddr, timeout: Duration) -> bool {
     ping(ns, dst, timeout).await.is_ok()
-}
-
-fn ping_blocking(dst: IpAddr, timeout: Duration) -> Result<Duration, ProbeError> {
-    let what = format!("ping {dst}");
-    let io = |e: nix::errno::Errno| ProbeError::io(&what, std::io::Error::from(e));
-    let (family, proto) = match dst {
-        IpAddr::V4(_) => (AddressFamily::Inet, SockProtocol::Icmp),
-        IpAddr::V6(_) => (AddressFamily::Inet6, SockProtocol::IcmpV6),
-    };
-    let sock = socket(family, SockType::Raw, SockFlag::SOCK_CLOEXEC, proto).map_err(io)?;
-    let ident = (std::process::id() as u16)
-        ^ PING_IDENT
-            .fetch_add(1, Ordering::Relaxed)
-            .wrapping_mul(7919);
-    let target = SockaddrStorage::from(SocketAddr::new(dst, 0));
-    let start = Instant::now();
-    let mut seq: u16 = 0;
-    let mut next_send = start;
-    let mut buf = [0u8; 1500];
-    loop {
-        let now = Instant::now();
-        if now >= start + timeout {
-            return Err(ProbeError::Timeout { what, timeout });
-        }
-        if now >= next_send {
-            let packet = echo_request(dst.is_ipv4(), ident, seq);
-            seq = seq.wrapping_add(1);
-            next_send = now + Duration::from_millis(200);
-            if let Err(e) = sendto(sock.as_raw_fd(), &packet, &target, MsgFlags::empty()) {
-                return Err(match e {
-                    nix::errno::Errno::ENETUNREACH | nix::errno::Errno::EHOSTUNREACH => {
-                        ProbeError::Unreachable {
-                            what,
-                            detail: e.desc().into(),
-                        }
-                    }
-                    other => io(other),
-                });
-            }
-        }
-        let wait = next_send
-            .min(start + timeout)
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        setsockopt(
-            &sock,
-            sockopt::ReceiveTimeout,
-            &TimeVal::from(libc::timeval {
-                tv_sec: wait.as_secs() as libc::time_t,
-                tv_usec: wait.subsec_micros() as libc::suseconds_t,
-            }),
-        )
-        .map_err(io)?;
-        let (n, from) = match recvfrom::<SockaddrStorage>(sock.as_raw_fd(), &mut buf) {
-            Ok(r) => r,
-            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(io(e)),
-        };
-        let from_ip = from.and_then(|a| {
-            a.as_sockaddr_in()
-                .map(|s| IpAddr::V4(s.ip()))
-                .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
-        });
-        match classify_icmp(dst.is_ipv4(), &buf[..n], ident) {
-            Some(IcmpVerdict::Reply) if from_ip == Some(dst) => return Ok(start.elapsed()),
-            Some(IcmpVerdict::Error(detail)) => {
-                return Err(ProbeError::Unreachable { what, detail });
-            }
-            _ => {}
-        }
-    }
-}
-
-enum IcmpVerdict {
-    Reply,
-    Error(String),
-}
-
-/// An ICMP (v4) or ICMPv6 echo request with a 16-byte payload. The kernel fills in the
-/// ICMPv6 checksum itself; the ICMP one is computed here.
-fn echo_request(v4: bool, ident: u16, seq: u16) -> Vec<u8> {
-    let mut p = vec![if v4 { 8 } else { 128 }, 0, 0, 0];
-    p.extend_from_slice(&ident.to_be_bytes());
-    p.extend_from_slice(&seq.to_be_bytes());
-    p.extend_from_slice(b"wharf-lab-probe!");
-    if v4 {
-        let sum = inet_checksum(&p);
-        p[2..4].copy_from_slice(&sum.to_be_bytes());
-    }
-    p
-}
-
-fn inet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Looks at a received packet (with its IPv4 header for raw ICMP sockets, without for ICMPv6)
-/// and says whether it is our echo reply, an ICMP error about our probe, or something else.
-fn classify_icmp(v4: bool, packet: &[u8], ident: u16) -> Option<IcmpVerdict> {
-    let icmp = if v4 {
-        let ihl = usize::from(packet.first()? & 0x0f) * 4;
-        packet.get(ihl..)?
-    } else {
-        packet
-    };
-    let (kind, code) = (*icmp.first()?, *icmp.get(1)?);
-    let id_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|s| u16::from_be_bytes([s[0], s[1]]));
-    match (v4, kind) {
-        (true, 0) | (false, 129) => (id_at(icmp, 4)? == ident).then_some(IcmpVerdict::Reply),
-        // Destination unreachable / time exceeded quoting our request.
-        (true, 3) | (true, 11) => {
-            let inner = icmp.get(8..)?;
-            let ihl = usize::from(inner.first()? & 0x0f) * 4;
-            let quoted = inner.get(ihl..)?;
-            (quoted.first() == Some(&8) && id_at(quoted, 4)? == ident)
-                .then(|| IcmpVerdict::Error(format!("ICMP type {kind} code {code}")))
-        }
-        (false, 1) | (false, 3) => {
-            // 8 bytes of ICMPv6 header, then the 40-byte IPv6 header of our request.
-            let quoted = icmp.get(48..)?;
-            (quoted.first() == Some(&128) && id_at(quoted, 4)? == ident)
-                .then(|| IcmpVerdict::Error(format!("ICMPv6 type {kind} code {code}")))
-        }
-        _ => None,
-    }
 }
 
 /// Connects from `ns` to `addr` over TCP and returns the first line the server sends.
@@ -395,6 +271,9 @@ pub struct DnsAnswer {
     pub message: Message,
 }
 
+/// Ids of the lab's DNS queries, so concurrent ones in one process differ.
+static QUERY_ID: AtomicU16 = AtomicU16::new(0);
+
 /// Asks `server` from inside `ns` for `name` of type `rtype`, over `transport`.
 pub async fn dns_query(
     ns: &NetNs,
@@ -409,7 +288,7 @@ pub async fn dns_query(
         what: what.clone(),
         detail: e.to_string(),
     })?;
-    let id = PING_IDENT.fetch_add(1, Ordering::Relaxed);
+    let id = QUERY_ID.fetch_add(1, Ordering::Relaxed);
     let mut query = Message::new();
     query
         .set_id(id)
@@ -609,32 +488,4 @@ fn zone_answer(zone: &[(String, IpAddr)], query: &[u8]) -> Option<Vec<u8>> {
         reply.add_answer(Record::from_rdata(question.name().clone(), 60, data));
     }
     reply.to_vec().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn checksum_of_an_echo_request_verifies() {
-        let p = echo_request(true, 0x1234, 7);
-        assert_eq!(
-            inet_checksum(&p),
-            0,
-            "a packet with its checksum sums to zero"
-        );
-    }
-
-    #[test]
-    fn recognises_its_own_reply_only() {
-        let mut reply = vec![0x45u8];
-        reply.extend_from_slice(&[0; 19]);
-        reply.extend_from_slice(&[0, 0, 0, 0, 0x12, 0x34, 0, 1]);
-        assert!(matches!(
-            classify_icmp(true, &reply, 0x1234),
-            Some(IcmpVerdict::Reply)
-        ));
-        assert!(classify_icmp(true, &reply, 0x4321).is_none());
-        assert!(classify_icmp(true, &[], 1).is_none());
-    }
 }

@@ -9,7 +9,8 @@
 //! - [`nft`]: nftables over netfilter netlink (tables, chains, rules, sets and maps, applied in
 //!   atomic batches), through an [`NftHandle`] bound to one namespace.
 //! - [`events`]: change notifications (nftables objects and links deleted) of one namespace.
-//! - [`icmp`]: ICMP echo probes with DF set (path checks for the overlay diagnosis).
+//! - [`icmp`]: ICMP and ICMPv6 echo probes, optionally with DF set (the overlay diagnosis's
+//!   path checks, the lab's ping).
 //! - [`error`]: the typed errors every kernel operation returns.
 //!
 //! Nothing here knows what a container, a network or an endpoint is: it speaks of namespaces,

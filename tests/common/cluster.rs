@@ -116,6 +116,8 @@ impl Host {
 pub struct Cluster {
     pub hosts: Vec<Host>,
     pub store: Arc<dyn Store>,
+    /// A namespace on the underlay with no controller: a client outside the cluster.
+    pub outside: Option<(NetNs, Ipv4Addr)>,
     // Dropped last: the namespaces outlive the controllers' handles.
     pub lab: Lab,
 }
@@ -145,6 +147,14 @@ impl Cluster {
         Self::with_options(roles, store, move |_| s.clone(), lease_ttl).await
     }
 
+    /// Hosts named `roles` sharing a `MemoryStore`, plus [`Cluster::outside`], a client on
+    /// the underlay.
+    pub async fn with_outside(roles: &[&str]) -> Self {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let s = store.clone();
+        Self::build(roles, store, move |_| s.clone(), LEASE_TTL, true).await
+    }
+
     /// Hosts named `roles`, reaching the store through `store_of(i)`, with leases of `lease_ttl`.
     pub async fn with_options(
         roles: &[&str],
@@ -152,8 +162,24 @@ impl Cluster {
         store_of: impl Fn(usize) -> Arc<dyn Store>,
         lease_ttl: Duration,
     ) -> Self {
+        Self::build(roles, store, store_of, lease_ttl, false).await
+    }
+
+    /// The hosts; with `outside`, one more namespace on the underlay without a controller.
+    pub async fn build(
+        roles: &[&str],
+        store: Arc<dyn Store>,
+        store_of: impl Fn(usize) -> Arc<dyn Store>,
+        lease_ttl: Duration,
+        outside: bool,
+    ) -> Self {
         let lab = Lab::new();
-        let underlay = lab.underlay(roles).await.expect("underlay");
+        let mut all: Vec<&str> = roles.to_vec();
+        if outside {
+            all.push("outside");
+        }
+        let mut underlay = lab.underlay(&all).await.expect("underlay");
+        let outside = if outside { underlay.pop() } else { None };
         let mut hosts = Vec::new();
         for (i, ((ns, addr), role)) in underlay.into_iter().zip(roles).enumerate() {
             let state = lab.temp_dir(&format!("{role}-state")).unwrap();
@@ -179,7 +205,12 @@ impl Cluster {
                 wharf: Some(wharf),
             });
         }
-        Self { hosts, store, lab }
+        Self {
+            hosts,
+            store,
+            outside,
+            lab,
+        }
     }
 
     pub fn host(&self, role: &str) -> &Host {

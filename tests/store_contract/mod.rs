@@ -111,6 +111,85 @@ pub async fn contract(store: &dyn Store) {
 }
 
 /// The next event of `watch`, failing the test if none comes within `wait`.
+/// Many batches applied at once (the embedded store commits them as a group): each batch is
+/// atomic on its own, gets its own revision and its own result, sees the batches committed
+/// before it, and one whose condition fails changes nothing and fails no other.
+pub async fn concurrent_batches(store: &dyn Store) {
+    let taken = store.create("g/v1/taken", b"0".to_vec()).await.unwrap();
+    let put = |key: String| Op::Put {
+        key,
+        value: b"v".to_vec(),
+    };
+    let batches: Vec<Vec<Op>> = (0..60)
+        .map(|i| match i % 4 {
+            // Writes two keys.
+            0 | 1 => vec![put(format!("g/v1/ok{i}a")), put(format!("g/v1/ok{i}b"))],
+            // Writes one key, then fails on a key that exists: nothing of it may land.
+            2 => vec![
+                put(format!("g/v1/bad{i}")),
+                Op::Create {
+                    key: "g/v1/taken".into(),
+                    value: b"x".to_vec(),
+                },
+            ],
+            // Every one of these races for the same key: exactly one wins.
+            _ => vec![Op::Create {
+                key: "g/v1/race".into(),
+                value: format!("{i}").into_bytes(),
+            }],
+        })
+        .collect();
+    let results = futures::future::join_all(batches.into_iter().map(|ops| store.apply(ops))).await;
+    let mut revisions = Vec::new();
+    let mut winners = 0;
+    for (i, result) in results.iter().enumerate() {
+        match i % 4 {
+            0 | 1 => {
+                let rev = *result.as_ref().unwrap();
+                assert!(rev > taken);
+                for key in [format!("g/v1/ok{i}a"), format!("g/v1/ok{i}b")] {
+                    let kv = store.get(&key).await.unwrap().unwrap();
+                    assert_eq!(kv.revision, rev, "both keys of batch {i} at its revision");
+                }
+                revisions.push(rev);
+            }
+            2 => {
+                assert!(
+                    matches!(result, Err(StoreError::AlreadyExists { key }) if key == "g/v1/taken"),
+                    "batch {i}: {result:?}"
+                );
+                assert!(store.get(&format!("g/v1/bad{i}")).await.unwrap().is_none());
+            }
+            _ => match result {
+                Ok(rev) => {
+                    winners += 1;
+                    let kv = store.get("g/v1/race").await.unwrap().unwrap();
+                    assert_eq!(kv.revision, *rev);
+                    assert_eq!(kv.value, format!("{i}").into_bytes());
+                    revisions.push(*rev);
+                }
+                Err(StoreError::AlreadyExists { key }) => assert_eq!(key, "g/v1/race"),
+                Err(e) => panic!("batch {i}: {e}"),
+            },
+        }
+    }
+    assert_eq!(winners, 1, "one create of g/v1/race wins");
+    let count = revisions.len();
+    revisions.sort_unstable();
+    revisions.dedup();
+    assert_eq!(
+        revisions.len(),
+        count,
+        "every successful batch has its own revision"
+    );
+    assert_eq!(
+        store.get("g/v1/taken").await.unwrap().unwrap().revision,
+        taken,
+        "the failed creates left the key alone"
+    );
+    assert_eq!(store.list("g/v1/ok").await.unwrap().len(), 60);
+}
+
 pub async fn next_event(watch: &mut WatchStream, wait: Duration) -> WatchEvent {
     match tokio::time::timeout(wait, watch.next()).await {
         Ok(Some(Ok(event))) => event,

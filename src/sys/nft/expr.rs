@@ -619,6 +619,19 @@ pub enum Expr {
         /// Where to.
         dreg: Reg,
     },
+    /// `numgen inc|random mod MODULUS [offset OFFSET] => dreg`: a number generator, the load
+    /// balancer's choice of backend (a counter that goes round, or a random number), a 32-bit
+    /// value in host byte order (as a `mark` key).
+    Numgen {
+        /// Incrementing or random.
+        kind: NumgenKind,
+        /// The numbers are `offset..offset + modulus`.
+        modulus: u32,
+        /// Added to each number.
+        offset: u32,
+        /// Where to.
+        dreg: Reg,
+    },
     /// An expression wharf does not model, kept as its name and raw attributes.
     Other {
         /// Expression name (`fib`, `limit`, ...).
@@ -740,6 +753,47 @@ u32_attrs! {
         Result = 2,
         /// `NFTA_FIB_FLAGS`
         Flags = 3,
+    }
+}
+
+u32_attrs! {
+    /// Attributes of the `numgen` expression (`NFTA_NG_*`).
+    NumgenAttr {
+        /// `NFTA_NG_DREG`
+        Dreg = 1,
+        /// `NFTA_NG_MODULUS`
+        Modulus = 2,
+        /// `NFTA_NG_TYPE`: 0 incremental, 1 random.
+        Type = 3,
+        /// `NFTA_NG_OFFSET`
+        Offset = 4,
+    }
+}
+
+/// How `numgen` makes its numbers (`NFT_NG_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NumgenKind {
+    /// `inc`: 0, 1, ... modulus - 1, 0, ... (round robin).
+    Inc,
+    /// `random`.
+    Random,
+}
+
+impl NumgenKind {
+    fn to_u32(self) -> u32 {
+        match self {
+            Self::Inc => 0,
+            Self::Random => 1,
+        }
+    }
+
+    fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            0 => Some(Self::Inc),
+            1 => Some(Self::Random),
+            _ => None,
+        }
     }
 }
 
@@ -899,6 +953,7 @@ impl Expr {
             Self::Masquerade { .. } => "masq",
             Self::Redirect { .. } => "redir",
             Self::Fib { .. } => "fib",
+            Self::Numgen { .. } => "numgen",
             Self::Other { name, .. } => name,
         }
     }
@@ -1038,6 +1093,22 @@ impl Expr {
                     FibAttr::Flags(flags.0),
                 ];
                 other("fib", attrs.iter().map(to_default).collect())
+            }
+            Self::Numgen {
+                kind,
+                modulus,
+                offset,
+                dreg,
+            } => {
+                let mut attrs = vec![
+                    NumgenAttr::Dreg(dreg.0),
+                    NumgenAttr::Modulus(*modulus),
+                    NumgenAttr::Type(kind.to_u32()),
+                ];
+                if *offset != 0 {
+                    attrs.push(NumgenAttr::Offset(*offset));
+                }
+                other("numgen", attrs.iter().map(to_default).collect())
             }
             Self::Other { name, data } => {
                 let attrs = NlasIterator::new(data.as_slice())
@@ -1300,6 +1371,24 @@ fn decode_other(name: &str, attrs: &[DefaultNla]) -> Option<Expr> {
             Expr::Fib {
                 flags,
                 result: result?,
+                dreg: dreg?,
+            }
+        }
+        "numgen" => {
+            let (mut kind, mut modulus, mut offset, mut dreg) = (None, None, 0, None);
+            for a in from_defaults::<NumgenAttr>(attrs).ok()? {
+                match a {
+                    NumgenAttr::Dreg(r) => dreg = Some(Reg(r)),
+                    NumgenAttr::Modulus(m) => modulus = Some(m),
+                    NumgenAttr::Type(t) => kind = NumgenKind::from_u32(t),
+                    NumgenAttr::Offset(o) => offset = o,
+                    _ => return None,
+                }
+            }
+            Expr::Numgen {
+                kind: kind?,
+                modulus: modulus?,
+                offset,
                 dreg: dreg?,
             }
         }

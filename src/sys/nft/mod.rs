@@ -60,8 +60,8 @@ pub use batch::Batch;
 pub use chain::{BaseChain, Chain, ChainType, Hook, Policy, priority};
 pub use expr::{
     CmpOp, CounterAttr, CtAttr, CtKey, CtState, CtStatus, Expr, FibAttr, FibFlags, FibResult,
-    IpVersion, MasqAttr, MetaKey, NatAttr, NatFlags, NatKind, PayloadBase, RTN_LOCAL, RedirAttr,
-    Reg, RegRange, Verdict,
+    IpVersion, MasqAttr, MetaKey, NatAttr, NatFlags, NatKind, NumgenAttr, NumgenKind, PayloadBase,
+    RTN_LOCAL, RedirAttr, Reg, RegRange, Verdict,
 };
 pub use rule::{Field, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Rule};
 pub use set::{DataType, Elem, ElemData, IFNAMSIZ, KeyType, MapData, Set, Value, ifname_bytes};

@@ -619,6 +619,57 @@ impl Rule {
         r
     }
 
+    /// `dnat ip to numgen inc mod N map @MAP [: PORT]`, a load balancer: a number that goes
+    /// round `0..modulus` picks the new destination from `map` (type `mark : ipv4_addr`, or
+    /// `ipv6_addr`; elements `0..modulus`, keys as [`Value::Mark`](super::Value::Mark)), and
+    /// the destination port becomes `port` if given. Each new connection takes the next
+    /// element; conntrack keeps a connection on the one it got.
+    ///
+    /// ```
+    /// use wharf::sys::nft::{Expr, IpVersion, Rule, Table};
+    /// let t = Table::ip("mesh");
+    /// let r = Rule::new(&t, "prerouting").tcp_dport_eq(80).dnat_numgen(3, "be", IpVersion::V4, Some(8080));
+    /// assert!(matches!(r.exprs[r.exprs.len() - 4], Expr::Numgen { modulus: 3, .. }));
+    /// ```
+    pub fn dnat_numgen(
+        mut self,
+        modulus: u32,
+        map: &str,
+        family: IpVersion,
+        port: Option<u16>,
+    ) -> Self {
+        self.exprs.push(Expr::Numgen {
+            kind: super::expr::NumgenKind::Inc,
+            modulus,
+            offset: 0,
+            dreg: Reg::R1,
+        });
+        self.exprs.push(Expr::Lookup {
+            set: map.to_owned(),
+            sreg: Reg::R1,
+            dreg: Some(Reg::R1),
+            invert: false,
+        });
+        let mut flags = NatFlags::MAP_IPS;
+        let mut proto = None;
+        if let Some(port) = port {
+            self.exprs.push(Expr::Immediate {
+                dreg: Reg::R2,
+                data: port.to_be_bytes().to_vec(),
+            });
+            flags = flags | NatFlags::PROTO_SPECIFIED;
+            proto = Some(RegRange::one(Reg::R2));
+        }
+        self.exprs.push(Expr::Nat {
+            kind: NatKind::Dnat,
+            family,
+            addr: Some(RegRange::one(Reg::R1)),
+            proto,
+            flags,
+        });
+        self
+    }
+
     // ---- encoding --------------------------------------------------------------------------
 
     pub(crate) fn to_attrs(&self) -> Vec<RuleAttribute> {

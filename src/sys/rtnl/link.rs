@@ -10,8 +10,8 @@ use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{DefaultNla, Nla};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags,
-    LinkInfo, LinkMessage, LinkProtoInfoBridge,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVlan,
+    InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use serde::{Deserialize, Serialize};
@@ -604,6 +604,7 @@ pub struct LinkChange {
     name: Option<String>,
     netns: Option<NetNs>,
     group: Option<u32>,
+    ipv6_addr_gen: bool,
 }
 
 impl LinkChange {
@@ -656,6 +657,15 @@ impl LinkChange {
         self.group = Some(group);
         self
     }
+    /// Stops the kernel from giving the link IPv6 addresses of its own
+    /// (`ip link set addrgenmode none`): no link-local address, hence no duplicate address
+    /// detection, router solicitation or MLD report when it comes up. Takes effect the next time
+    /// the link goes up, so send it before [`LinkChange::up`], in a request of its own (the
+    /// kernel applies flags before this).
+    pub fn no_ipv6_addr_gen(mut self) -> Self {
+        self.ipv6_addr_gen = true;
+        self
+    }
 
     /// What applying this change to link `index` is called in errors.
     pub fn describe(&self, index: u32) -> String {
@@ -684,6 +694,9 @@ impl LinkChange {
         }
         if let Some(g) = self.group {
             parts.push(format!("group {g}"));
+        }
+        if self.ipv6_addr_gen {
+            parts.push("addrgenmode none".to_owned());
         }
         format!("changing link #{index} ({})", parts.join(", "))
     }
@@ -721,6 +734,11 @@ impl LinkChange {
         }
         if let Some(group) = self.group {
             attrs.push(LinkAttribute::Group(group));
+        }
+        if self.ipv6_addr_gen {
+            attrs.push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]));
         }
         Ok(Request::new(RouteNetlinkMessage::SetLink(msg), CHANGE))
     }
