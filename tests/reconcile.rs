@@ -14,7 +14,7 @@ use wharf::driver::bridge::firewall;
 use wharf::lab::probe;
 use wharf::sys::NetNs;
 use wharf::sys::nft::{Batch, NftHandle};
-use wharf::sys::rtnl::Handle;
+use wharf::sys::rtnl::{Handle, LinkSpec, VethPeer};
 
 /// `docker run --name NAME --network NET -p PORT:80` (no port when `port` is 0).
 async fn run(w: &World, name: &str, net: &str, port: u16) -> std::net::IpAddr {
@@ -153,4 +153,48 @@ async fn the_opt_in_kernel_watch_restores_without_a_call() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_removes_ports_of_its_bridges_that_no_endpoint_owns_and_nothing_else() {
+    let mut w = World::new().await;
+    let net = w
+        .wharf
+        .create_network(NetworkSpec::new("app"))
+        .await
+        .unwrap();
+    run(&w, "db", "app", 0).await;
+    let bridge = format!("br-{}", &net.id[..12]);
+    // Left by a crash: a veth on wharf's bridge that no record owns. Someone else's: a veth of
+    // the same naming pattern that is on no wharf bridge, and a bridge wharf did not make.
+    let host = Handle::in_netns(&w.host).await.unwrap();
+    let br = host.link().get(&bridge).await.unwrap().index;
+    host.link()
+        .add(
+            LinkSpec::veth("veth0dead00")
+                .peer(VethPeer::new("peer0dead00"))
+                .master(br),
+        )
+        .await
+        .unwrap();
+    host.link()
+        .add(LinkSpec::veth("veth0other0").peer(VethPeer::new("peer0other0")))
+        .await
+        .unwrap();
+    host.link()
+        .add(LinkSpec::bridge("br-0123456789ab"))
+        .await
+        .unwrap();
+    let links_before = w.host_links().await;
+
+    drop(w.wharf);
+    w.wharf = common::reopen(&w.config).await;
+    let links_after = w.host_links().await;
+    let gone: Vec<&String> = links_before
+        .iter()
+        .filter(|l| !links_after.contains(l))
+        .collect();
+    // (Deleting one end of a veth pair deletes the other.)
+    assert_eq!(gone, ["peer0dead00", "veth0dead00"], "only the orphan goes");
+    assert!(w.wharf.endpoint("db", "app").is_ok());
 }

@@ -190,8 +190,9 @@ impl Driver for BridgeDriver {
         let mut fw_networks = Vec::new();
         let mut ports = Vec::new();
         let mut isolated = Vec::new();
+        let mut bridges = Vec::new();
         for n in networks {
-            self.restore_bridge(n).await?;
+            bridges.push(self.restore_bridge(n).await?);
             fw_networks.push(FwNetwork::of(&n.info));
             for ep in &n.endpoints {
                 if is_isolated(&n.info) {
@@ -202,13 +203,34 @@ impl Driver for BridgeDriver {
                 }
             }
         }
+        let every = |e| DriverError::Kernel {
+            network: "every bridge network".into(),
+            source: e,
+        };
+        if prune {
+            // Host veths on wharf's bridges that no endpoint owns (only wharf plugs `veth…`
+            // ports into its bridges; Docker's veths of the same pattern sit on its own).
+            let owned: Vec<String> = networks
+                .iter()
+                .flat_map(|n| n.endpoints.iter().map(host_veth_name))
+                .collect();
+            let links = self.host.link();
+            for l in links.list().await.map_err(every)? {
+                let on_ours = l.master.is_some_and(|m| bridges.contains(&m));
+                if on_ours && l.name.starts_with("veth") && !owned.contains(&l.name) {
+                    tracing::warn!(veth = %l.name, "deleting a veth no endpoint owns");
+                    match links.delete(l.index).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(every(e)),
+                    }
+                }
+            }
+        }
         self.firewall
             .restore(&fw_networks, &ports, &isolated, prune)
             .await
-            .map_err(|e| DriverError::Kernel {
-                network: "every bridge network".into(),
-                source: e,
-            })
+            .map_err(every)
     }
 
     async fn delete_network(&self, net: &NetworkInfo) -> Result<(), DriverError> {
@@ -441,8 +463,8 @@ impl BridgeDriver {
     /// ports were released by the kernel then: they are enslaved again), brought up, given
     /// back its gateway addresses; the host ends of existing endpoints are enslaved and up,
     /// with hairpin where ports are published. Endpoints whose veth is gone are left to the
-    /// controller.
-    async fn restore_bridge(&self, n: &NetworkState) -> Result<(), DriverError> {
+    /// controller. Returns the bridge's index.
+    async fn restore_bridge(&self, n: &NetworkState) -> Result<u32, DriverError> {
         let net = &n.info;
         let kernel = || DriverError::kernel(&net.name);
         let links = self.host.link();
@@ -502,7 +524,7 @@ impl BridgeDriver {
                     .map_err(kernel())?;
             }
         }
-        Ok(())
+        Ok(bridge.index)
     }
 }
 
