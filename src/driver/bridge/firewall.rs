@@ -67,6 +67,15 @@
 //! }
 //! ```
 //!
+//! # Drift
+//!
+//! Someone may flush the ruleset or edit wharf's tables. [`Firewall::restore`] (called by the
+//! driver's reconcile, so by `Controller::reconcile` and at every start) compares the kernel's
+//! tables with what the networks and endpoints need and writes only the difference: the base
+//! chains when their rules are gone or differ, and missing elements, in one transaction; at
+//! start it also deletes elements nothing needs. Rules and elements that are right keep their
+//! handles, so traffic that flows is not disturbed.
+//!
 //! # Choices, and where they differ from Docker 20.10
 //!
 //! - **Isolation by interface, one rule.** Docker needs two chains per pair of networks
@@ -853,9 +862,7 @@ impl Firewall {
             other => other,
         }
     }
-}
 
-impl Firewall {
     /// Makes wharf's tables serve exactly `networks`, the published `ports` and the
     /// `isolated` bridge ports (host ends of icc-off endpoints): the static ruleset is
     /// recreated or rewritten if it is gone or differs (someone flushed the ruleset), and every
