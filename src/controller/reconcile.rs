@@ -88,8 +88,12 @@ impl Controller {
     ) -> Result<()> {
         let id = &ep.info.id;
         if !networks.contains_key(&ep.network_id) && self.cluster().is_some() {
-            // A cluster network lives in the cluster store, learnt after this (its endpoints
-            // are resynchronised with the kernel then, see `cluster.rs`).
+            // A cluster network lives in the cluster store, learnt after this (its endpoints'
+            // peers are resynchronised with the kernel then, see `cluster.rs`). Its interrupted
+            // attaches and detaches are not recovered yet: the record stays as it is.
+            if ep.status != Status::Active {
+                tracing::warn!(endpoint = %id, status = ?ep.status, "an interrupted operation on a cluster network is left as it is");
+            }
             return Ok(());
         }
         let (Some(net), Some(sb)) = (networks.get(&ep.network_id), sandboxes.get(&ep.sandbox_id))
