@@ -8,7 +8,10 @@
 //! - `attach/first`: attach to an empty network;
 //! - `attach/with-1000`: attach when 1000 endpoints are already on the network (the 1000th
 //!   attach should cost what the 10th does);
-//! - `detach`: one disconnect.
+//! - `detach/one`: one disconnect;
+//! - `detach/100-at-once`: `Controller::disconnect_many` of 100 endpoints (their bridge veths
+//!   go as one link group): should take under 3x `detach/one`. The ratios themselves are
+//!   printed by `benches/attach_scale.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -64,6 +67,37 @@ impl World {
                 .expect("attach");
             total += start.elapsed();
             self.wharf.delete_sandbox(&name).await.expect("cleanup");
+        }
+        total
+    }
+
+    /// Times `iters` batch detaches of `k` endpoints each (attached concurrently, untimed).
+    async fn time_detach_many(&self, iters: u64, k: usize) -> Duration {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            let mut names = Vec::with_capacity(k);
+            for _ in 0..k {
+                names.push(self.sandbox().await);
+            }
+            for r in futures::future::join_all(
+                names
+                    .iter()
+                    .map(|n| self.wharf.connect(n, "net", EndpointSpec::default())),
+            )
+            .await
+            {
+                r.expect("attach");
+            }
+            let pairs: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "net")).collect();
+            let start = Instant::now();
+            for r in self.wharf.disconnect_many(&pairs).await {
+                r.expect("detach");
+            }
+            total += start.elapsed();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            for r in self.wharf.delete_sandboxes(&refs).await {
+                r.expect("cleanup");
+            }
         }
         total
     }
@@ -127,6 +161,11 @@ fn bench(c: &mut Criterion) {
     group.bench_function("one", |b| {
         b.to_async(&rt)
             .iter_custom(|iters| world.time_detach(iters))
+    });
+    group.sample_size(10);
+    group.bench_function("100-at-once", |b| {
+        b.to_async(&rt)
+            .iter_custom(|iters| world.time_detach_many(iters, 100))
     });
     group.finish();
     rt.block_on(async {

@@ -30,10 +30,8 @@ mod stats;
 use std::sync::Arc;
 use std::time::Instant;
 
-use stats::{env_usize, loadavg, median, ms, report_series, rss_kib};
-use wharf::controller::{
-    ClusterConfig, Controller, ControllerConfig, EndpointSpec, NetworkSpec, SandboxSpec,
-};
+use stats::{env_usize, loadavg, median, ms, report_series, rss_kib, sandboxes};
+use wharf::controller::{ClusterConfig, Controller, ControllerConfig, EndpointSpec, NetworkSpec};
 use wharf::driver::{DriverOptions, MacvlanOptions, OverlayOptions};
 use wharf::ipam::IpamConfig;
 use wharf::lab::Lab;
@@ -99,19 +97,6 @@ async fn world(lab: &Lab, driver: &str) -> Controller {
     let wharf = Controller::open(config).await.expect("controller");
     wharf.create_network(spec).await.expect("network");
     wharf
-}
-
-async fn sandboxes(wharf: &Controller, prefix: &str, n: usize) -> Vec<String> {
-    let mut names = Vec::with_capacity(n);
-    for i in 0..n {
-        let name = format!("{prefix}{i}");
-        wharf
-            .create_sandbox(SandboxSpec::new(&name))
-            .await
-            .expect("sandbox");
-        names.push(name);
-    }
-    names
 }
 
 /// Attaches and detaches each sandbox in turn; returns the attach and detach times.

@@ -561,3 +561,120 @@ async fn mtu_option_reaches_the_containers() {
     let h = wharf::sys::rtnl::Handle::in_netns(&ns).await.unwrap();
     assert_eq!(h.link().get("eth0").await.unwrap().mtu, 1400);
 }
+
+/// `disconnect_many`: a batch of detaches, one result per pair. The bridge veths of the plain
+/// endpoints go as one link group; an endpoint with published ports goes its own way; bad
+/// pairs fail alone and leave the rest detached.
+#[tokio::test]
+async fn disconnect_many_detaches_a_batch_and_answers_for_each_pair() {
+    let w = World::new().await;
+    w.network_with("app", &["a", "b", "c", "d"]).await;
+    w.wharf
+        .connect("a", "bridge", EndpointSpec::default())
+        .await
+        .unwrap();
+    // One container publishing host port 8080 (such an endpoint is detached on its own).
+    let publisher = async |name: &str| {
+        w.wharf
+            .create_sandbox(SandboxSpec::new(name))
+            .await
+            .unwrap();
+        let spec = EndpointSpec {
+            ports: vec![wharf::driver::PortMapping::tcp(8080, 80)],
+            ..EndpointSpec::default()
+        };
+        w.wharf.connect(name, "app", spec).await.unwrap();
+    };
+    publisher("p").await;
+    let a = w.wharf.sandbox_netns("a").unwrap();
+    let b_ip = w.wharf.endpoint("b", "app").unwrap().ipv4.unwrap();
+    assert!(probe::can_ping(&a, b_ip.into(), probe::DEFAULT_TIMEOUT).await);
+    let veths = async || {
+        w.host_links()
+            .await
+            .into_iter()
+            .filter(|l| l.starts_with("veth"))
+            .count()
+    };
+    assert_eq!(veths().await, 6);
+
+    let results = w
+        .wharf
+        .disconnect_many(&[
+            ("a", "app"),
+            ("b", "app"),
+            ("c", "app"),
+            ("p", "app"),
+            ("d", "no-such-net"),
+            ("nobody", "app"),
+            ("a", "bridge"),
+            ("b", "bridge"),
+        ])
+        .await;
+    let verdicts: Vec<String> = results
+        .iter()
+        .map(|r| match r {
+            Ok(()) => "ok".into(),
+            Err(Error::NotFound { name, .. }) => format!("not found: {name}"),
+            Err(Error::NotConnected { sandbox, network }) => {
+                format!("{sandbox} not on {network}")
+            }
+            Err(e) => format!("{e}"),
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            "ok",
+            "ok",
+            "ok",
+            "ok",
+            "not found: no-such-net",
+            "not found: nobody",
+            "ok",
+            "b not on bridge"
+        ]
+    );
+    // Only d's veth is left on the host; a has nothing but its loopback and no route out.
+    assert_eq!(veths().await, 1);
+    assert_eq!(w.links_in(&a).await, ["lo"]);
+    assert_eq!(w.default_gateway(&a).await, None);
+    for sb in ["a", "b", "c", "p"] {
+        assert!(w.wharf.sandbox(sb).unwrap().endpoints.is_empty(), "{sb}");
+    }
+    w.wharf.endpoint("d", "app").unwrap();
+    // The port is free again and the addresses are back in the pool.
+    publisher("q").await;
+    let again = w
+        .wharf
+        .connect("a", "app", EndpointSpec::default())
+        .await
+        .unwrap();
+    assert!(
+        again.ipv4.is_some() && w.wharf.endpoint("d", "app").unwrap().ipv4 != again.ipv4,
+        "a fresh address"
+    );
+    let d = w.wharf.sandbox_netns("d").unwrap();
+    assert!(probe::can_ping(&d, again.ipv4.unwrap().into(), probe::DEFAULT_TIMEOUT).await);
+
+    // Deleting sandboxes in a batch: each answered, their namespaces and veths gone.
+    let results = w
+        .wharf
+        .delete_sandboxes(&["a", "b", "nobody", "d", "a"])
+        .await;
+    assert!(results[0].is_ok() && results[1].is_ok() && results[3].is_ok() && results[4].is_ok());
+    assert!(matches!(results[2], Err(Error::NotFound { .. })));
+    let left: Vec<String> = w
+        .wharf
+        .list_sandboxes()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(left, ["c", "p", "q"]);
+    assert_eq!(veths().await, 1, "q's");
+    let netns = wharf::sys::NetNs::list_named().unwrap();
+    assert!(
+        !netns.iter().any(|n| n.ends_with("-a") || n.ends_with("-d")),
+        "{netns:?}"
+    );
+}

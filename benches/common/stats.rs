@@ -1,10 +1,26 @@
 //! What the scale benches share: summary statistics of timed series, the load average they ran
-//! under, the process's resident memory, and sizes from the environment.
+//! under, the process's resident memory, sizes from the environment, and a batch of sandboxes.
 //!
 //! Included by path (`#[path = "common/stats.rs"] mod stats;`) so that a bench that only times
 //! one phase (`common::time_phase`) does not carry these unused.
 
 use std::time::Duration;
+
+use wharf::controller::{Controller, SandboxSpec};
+
+/// Creates `n` sandboxes named `{prefix}0`, `{prefix}1`... and returns their names.
+pub async fn sandboxes(wharf: &Controller, prefix: &str, n: usize) -> Vec<String> {
+    let mut names = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        wharf
+            .create_sandbox(SandboxSpec::new(&name))
+            .await
+            .expect("sandbox");
+        names.push(name);
+    }
+    names
+}
 
 /// A duration in milliseconds.
 pub fn ms(d: Duration) -> f64 {

@@ -304,3 +304,53 @@ async fn networks_are_found_by_name_id_and_unique_prefix() {
         Err(Error::NotFound { .. })
     ));
 }
+
+/// `disconnect_many` hands the driver the batch once, then detaches each endpoint as
+/// `disconnect` does; if the batch removal fails, each endpoint's own leave does the work and
+/// the outcome is the same: everything recorded for the endpoints is gone.
+#[tokio::test]
+async fn disconnect_many_batches_the_removal_and_survives_its_failure() {
+    for batch_fails in [false, true] {
+        let mut driver = mock("");
+        driver
+            .expect_remove_interfaces()
+            .times(1)
+            .returning(move |eps| {
+                assert_eq!(eps.len(), 3, "one call for the three plain endpoints");
+                if batch_fails {
+                    Err(injected(eps[0].0))
+                } else {
+                    Ok(())
+                }
+            });
+        driver
+            .expect_leave_sandbox()
+            .times(3)
+            .returning(|_, _, _| Ok(()));
+        let f = fixture(driver).await;
+        f.wharf
+            .create_network(NetworkSpec::new("net"))
+            .await
+            .unwrap();
+        for c in ["c1", "c2", "c3"] {
+            f.wharf.create_sandbox(SandboxSpec::new(c)).await.unwrap();
+        }
+        let before = snapshot(&f.wharf).await;
+        for c in ["c1", "c2", "c3"] {
+            f.wharf
+                .connect(c, "net", EndpointSpec::default())
+                .await
+                .unwrap();
+        }
+        let results = f
+            .wharf
+            .disconnect_many(&[("c1", "net"), ("c2", "net"), ("c3", "net")])
+            .await;
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        assert_eq!(
+            snapshot(&f.wharf).await,
+            before,
+            "batch removal failed: {batch_fails}"
+        );
+    }
+}

@@ -377,6 +377,20 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
         self.leave(net, ep).await
     }
 
+    /// Removes the interfaces of several endpoints at once, ahead of their
+    /// [`Driver::leave_sandbox`] calls (which then find them gone and succeed), for drivers that
+    /// can do it in fewer kernel requests than one per endpoint: the kernel's teardown of a
+    /// deleted interface (RCU grace periods) is then paid once for the lot. All or nothing: on
+    /// an error no interface was removed and each endpoint's own leave does the work. The
+    /// controller passes only endpoints whose leave needs nothing else first (no published
+    /// ports). By default nothing is done here.
+    async fn remove_interfaces<'a>(
+        &self,
+        _endpoints: &[(&'a NetworkInfo, &'a EndpointInfo)],
+    ) -> Result<(), DriverError> {
+        Ok(())
+    }
+
     /// Opens the endpoint to the outside (NAT, published ports). No-op by default.
     async fn program_external_connectivity(
         &self,

@@ -364,6 +364,58 @@ impl Driver for BridgeDriver {
         Ok(())
     }
 
+    /// The host ends of the endpoints' veths go into a fresh link group, and the group is
+    /// deleted in one request (`ip link del group N`): one teardown for the lot. Each endpoint's
+    /// `leave` afterwards only releases what else it holds (an isolated port).
+    async fn remove_interfaces<'a>(
+        &self,
+        endpoints: &[(&'a NetworkInfo, &'a EndpointInfo)],
+    ) -> Result<(), DriverError> {
+        let Some((first, _)) = endpoints.first() else {
+            return Ok(());
+        };
+        let links = self.host.link();
+        let group = batch_group();
+        let veths: Vec<String> = endpoints.iter().map(|(_, ep)| host_veth_name(ep)).collect();
+        // Pipelined: the requests share one netlink socket and are answered in order.
+        let grouped = futures::future::join_all(
+            veths
+                .iter()
+                .map(|veth| links.set_group_by_name(veth, group)),
+        )
+        .await;
+        let mut moved = Vec::new();
+        let mut failed = None;
+        for (veth, result) in veths.iter().zip(grouped) {
+            match result {
+                Ok(()) => moved.push(veth),
+                // Gone already: its sandbox's namespace was destroyed with it.
+                Err(e) if e.is_not_found() => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        let deleted = match failed {
+            None if moved.is_empty() => return Ok(()),
+            None => links.delete_group(group).await,
+            Some(e) => Err(e),
+        };
+        if let Err(e) = deleted {
+            // Back to the default group, so nothing is left in a group no one will delete.
+            for veth in moved {
+                if let Err(undo) = links.set_group_by_name(veth, 0).await {
+                    tracing::warn!(veth = %veth, error = %undo, "taking a veth out of a batch group");
+                }
+            }
+            return Err(DriverError::kernel(&first.name)(e.within(format!(
+                "removing {} veths as link group {group}",
+                endpoints.len()
+            ))));
+        }
+        Ok(())
+    }
+
     async fn program_external_connectivity(
         &self,
         net: &NetworkInfo,
@@ -546,6 +598,19 @@ async fn quiet_ipv6(inside: &Handle, index: u32) -> Result<(), SysError> {
         Err(e) if e.kind() == SysErrorKind::NotSupported => Ok(()),
         other => other,
     }
+}
+
+/// A link group for one batch removal: random, so that two batches (or two controllers) do not
+/// share one, and never 0 (every link's default group). A link someone else put in the same
+/// group of 2^32 would go with the batch; wharf's own links are all in group 0.
+fn batch_group() -> u32 {
+    let random = getrandom::u32().unwrap_or_else(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id()
+    });
+    random.max(1)
 }
 
 fn short(id: &str) -> &str {

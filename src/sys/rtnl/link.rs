@@ -776,6 +776,16 @@ pub(crate) fn delete_by_name_request(name: &str) -> SysResult<Request> {
     Ok(Request::new(RouteNetlinkMessage::DelLink(msg), CHANGE))
 }
 
+/// `RTM_SETLINK` with index 0, the link named by `IFLA_IFNAME` (the kernel looks it up; the
+/// same name is no rename), and `IFLA_GROUP`.
+pub(crate) fn set_group_by_name_request(name: &str, group: u32) -> SysResult<Request> {
+    check_ifname(name, || format!("putting link {name:?} in group {group}"))?;
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    msg.attributes.push(LinkAttribute::Group(group));
+    Ok(Request::new(RouteNetlinkMessage::SetLink(msg), CHANGE))
+}
+
 /// `RTM_DELLINK` with index 0 and `IFLA_GROUP`: every link of the group goes in one request.
 pub(crate) fn delete_group_request(group: u32) -> SysResult<Request> {
     if group == 0 {
@@ -966,6 +976,15 @@ impl<'a> Links<'a> {
     /// `ip link set group`.
     pub async fn set_group(&self, index: u32, group: u32) -> SysResult<()> {
         self.set(index, LinkChange::new().group(group)).await
+    }
+
+    /// `ip link set dev NAME group GROUP`, by name in one request (no lookup first).
+    /// [`SysError::NotFound`] if there is no such link.
+    pub async fn set_group_by_name(&self, name: &str, group: u32) -> SysResult<()> {
+        let req = set_group_by_name_request(name, group)?;
+        self.handle
+            .ack(req, || format!("putting link {name:?} in group {group}"))
+            .await
     }
 
     /// Sets the hairpin mode of bridge port `index` (`bridge link set dev X hairpin on`).
