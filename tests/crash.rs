@@ -1,5 +1,6 @@
-//! Crash safety of the controller: a child process connects, disconnects, creates and deletes
-//! networks and sandboxes against a lab host and one state directory, and is SIGKILLed at
+//! Crash safety of the controller: a child process connects, disconnects (also in batches,
+//! `disconnect_many`), creates and deletes networks and sandboxes (also `delete_sandboxes`)
+//! against a lab host and one state directory, and is SIGKILLed at
 //! random moments (also while it is still recovering from the previous kill). After each kill
 //! a new controller opens the same state (recovering and reconciling), and the test checks
 //! that nothing leaked (links, namespaces, firewall elements), that no address is held twice
@@ -71,6 +72,11 @@ fn host_port(sandbox: &str, network: &str) -> u16 {
     20000 + 10 * sb + net
 }
 
+/// Whether the endpoint of sandbox `cI` on network `nJ` (or `bridge`) publishes its port.
+fn publishes(sandbox: &str, network: &str) -> bool {
+    host_port(sandbox, network) % 2 == 0
+}
+
 /// The user's networks (`n0`..) and sandboxes (`c0`..) as the controller reports them.
 fn user_networks(wharf: &Controller) -> Vec<String> {
     wharf
@@ -139,6 +145,16 @@ fn crash_child() {
                         .await
                         .map(|_| ());
                     (format!("create sandbox {name}"), r)
+                } else if roll < 29 && sandboxes.len() > 1 {
+                    let a = sandboxes[rng.below(sandboxes.len())].clone();
+                    let b = sandboxes[rng.below(sandboxes.len())].clone();
+                    let r = wharf
+                        .delete_sandboxes(&[a.as_str(), b.as_str()])
+                        .await
+                        .into_iter()
+                        .collect::<Result<Vec<()>, Error>>()
+                        .map(|_| ());
+                    (format!("delete sandboxes {a} {b}"), r)
                 } else if roll < 32 && !sandboxes.is_empty() {
                     let name = sandboxes[rng.below(sandboxes.len())].clone();
                     (
@@ -153,10 +169,13 @@ fn crash_child() {
                     if wharf.endpoint(&sb, &net).is_ok() {
                         continue;
                     }
-                    // Every endpoint publishes a port of its own, so the firewall has elements
-                    // per endpoint to leak or lose.
+                    // Half of the endpoints publish a port of their own, so the firewall has
+                    // elements per endpoint to leak or lose (the others take the batch
+                    // detach's link-group path).
                     let mut spec = EndpointSpec::default();
-                    spec.ports.push(PortMapping::tcp(host_port(&sb, &net), 80));
+                    if publishes(&sb, &net) {
+                        spec.ports.push(PortMapping::tcp(host_port(&sb, &net), 80));
+                    }
                     let r = wharf.connect(&sb, &net, spec).await.map(|_| ());
                     (format!("connect {sb} {net}"), r)
                 } else {
@@ -173,10 +192,25 @@ fn crash_child() {
                         continue;
                     }
                     let (sb, net) = eps[rng.below(eps.len())].clone();
-                    (
-                        format!("disconnect {sb} {net}"),
-                        wharf.disconnect(&sb, &net).await,
-                    )
+                    let other = eps[rng.below(eps.len())].clone();
+                    if rng.below(3) == 0 && other != (sb.clone(), net.clone()) {
+                        let pairs = [
+                            (sb.as_str(), net.as_str()),
+                            (other.0.as_str(), other.1.as_str()),
+                        ];
+                        let r = wharf
+                            .disconnect_many(&pairs)
+                            .await
+                            .into_iter()
+                            .collect::<Result<Vec<()>, Error>>()
+                            .map(|_| ());
+                        (format!("disconnect {sb} {net}, {} {}", other.0, other.1), r)
+                    } else {
+                        (
+                            format!("disconnect {sb} {net}"),
+                            wharf.disconnect(&sb, &net).await,
+                        )
+                    }
                 };
             match result {
                 Ok(()) => writeln!(out, "ok {what}").unwrap(),
@@ -238,7 +272,9 @@ fn expected(wharf: &Controller) -> Expected {
             let ip = ep.ipv4.expect("an IPv4 address");
             assert!(seen.insert(ip), "{ip} is held twice");
             e.veths.insert(format!("veth{}", &ep.id[..7]));
-            e.ports.insert(host_port(&sb.name, &ep.network));
+            if publishes(&sb.name, &ep.network) {
+                e.ports.insert(host_port(&sb.name, &ep.network));
+            }
             ifs.insert((
                 ep.ifname.clone(),
                 format!("{ip}/{}", ep.ipv4_prefix.unwrap()),
@@ -372,6 +408,7 @@ fn sigkill_at_random_moments_leaves_state_the_next_start_understands() {
     let started = Instant::now();
     let mut ops = 0usize;
     let mut during_open = 0usize;
+    let mut batches = 0usize;
 
     for round in 0..KILLS {
         let mut child = Command::new(&exe)
@@ -430,6 +467,10 @@ fn sigkill_at_random_moments_leaves_state_the_next_start_understands() {
             tail(&lines)
         );
         ops += lines.iter().filter(|l| l.starts_with("ok ")).count();
+        batches += lines
+            .iter()
+            .filter(|l| l.starts_with("ok delete sandboxes") || l.contains(", "))
+            .count();
 
         // A new controller on the same state: recovery, then the checks.
         let check_rt = runtime();
@@ -446,7 +487,8 @@ fn sigkill_at_random_moments_leaves_state_the_next_start_understands() {
     }
     let took = started.elapsed();
     eprintln!(
-        "{KILLS} kills ({during_open} while opening), {ops} operations completed, {took:.1?}"
+        "{KILLS} kills ({during_open} while opening), {ops} operations completed \
+         ({batches} of them batch detaches), {took:.1?}"
     );
     assert!(ops >= KILLS, "too few operations between kills: {ops}");
 }
