@@ -35,33 +35,50 @@ pub fn render_hosts(hostname: &str, addresses: &[IpAddr]) -> String {
     out
 }
 
-/// Writes `contents` to `path` atomically (temporary file, rename), mode 0644 so that processes
-/// of any user in the container can read it. Not fsynced: the files are derived from the state
-/// store and rewritten from it, so a crash cannot lose anything they hold.
-pub(crate) fn write_atomic(path: &Path, contents: &str) -> std::io::Result<()> {
-    // Most changes touch one of the two files (a connect changes `hosts`, rarely `resolv.conf`):
-    // leave an identical file alone, which also spares readers a replaced inode.
+/// Writes `contents` to `path` in place, mode 0644 so that processes of any user in the
+/// container can read it.
+///
+/// In place, as Docker rewrites a container's `hosts`: the file keeps its inode, so a
+/// bind mount of it (what `ip netns exec` and runtimes make) sees the new text. A replaced file
+/// (temporary file and rename) would leave every existing bind mount on the old inode, stale
+/// for good. The new text is written over the old in one call and the file then cut to its
+/// length, so a reader never sees it empty; as `hosts` mostly grows, it rarely sees a tail of
+/// the old. Not fsynced: the files are derived from the state store and rewritten from it, so a
+/// crash cannot lose anything they hold.
+pub(crate) fn write_in_place(path: &Path, contents: &str) -> std::io::Result<()> {
+    // Most changes touch one of the two files (a connect changes `hosts`, rarely
+    // `resolv.conf`): leave an identical file alone.
     if std::fs::read(path).is_ok_and(|old| old == contents.as_bytes()) {
         return Ok(());
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("wharf-tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(contents.as_bytes())?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
     }
-    std::fs::rename(&tmp, path)
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.set_len(contents.len() as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rewrites_keep_the_inode_and_cut_the_old_tail() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sb").join("hosts");
+        write_in_place(&path, "a long first version\n").unwrap();
+        let inode = std::fs::metadata(&path).unwrap().ino();
+        write_in_place(&path, "short\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "short\n");
+        assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+    }
 
     #[test]
     fn hosts_names_the_container_on_each_address() {

@@ -1981,7 +1981,7 @@ impl Controller {
         let dir = self.inner.config.sandbox_files_dir.join(&netns);
         for (file, text) in [("resolv.conf", &files.resolv_conf), ("hosts", &files.hosts)] {
             let path = dir.join(file);
-            files::write_atomic(&path, text).map_err(|source| Error::Io {
+            files::write_in_place(&path, text).map_err(|source| Error::Io {
                 what: format!("writing {}", path.display()),
                 source,
             })?;
