@@ -672,7 +672,13 @@ async fn disconnect_many_detaches_a_batch_and_answers_for_each_pair() {
         .collect();
     assert_eq!(left, ["c", "p", "q"]);
     assert_eq!(veths().await, 1, "q's");
-    let netns = wharf::sys::NetNs::list_named().unwrap();
+    // This world's namespaces only: other tests of this file run in parallel with sandboxes
+    // named alike.
+    let netns: Vec<String> = wharf::sys::NetNs::list_named()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with(&w.lab.netns_prefix()))
+        .collect();
     assert!(
         !netns.iter().any(|n| n.ends_with("-a") || n.ends_with("-d")),
         "{netns:?}"

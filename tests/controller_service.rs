@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::cluster::{Cluster, eventually};
 use common::services::{converged, overlay, scenario_4_steps_2_to_4};
-use wharf::controller::{Error, ServicePort, ServiceSpec};
+use wharf::controller::{Error, INGRESS_SANDBOX, ServicePort, ServiceSpec};
 use wharf::lab::probe;
 
 const CONVERGED: Duration = Duration::from_secs(10);
@@ -75,6 +75,22 @@ async fn a_published_port_is_reached_through_every_host_and_balanced() {
             seen.insert(reply);
         }
         assert!(seen.len() > 1, "through {} only {seen:?} answered", h.role);
+        // What the host balances over, as `nft` shows it in its ingress sandbox.
+        let mesh = h.wharf().routing_mesh().await;
+        assert_eq!(mesh.len(), 1);
+        assert_eq!((mesh[0].published, mesh[0].target), (8080, 80));
+        assert_eq!(mesh[0].backends.len(), 3);
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec"])
+            .arg(format!("{}{INGRESS_SANDBOX}", h.prefix()))
+            .args(["nft", "list", "table", "ip", "wharf-mesh"])
+            .output()
+            .expect("nft runs");
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            listing.contains("numgen inc mod 3") && listing.contains(":80"),
+            "{listing}"
+        );
     }
 
     // The port goes with the service.
@@ -160,5 +176,73 @@ async fn bad_service_requests_are_refused_with_typed_errors() {
         eventually(CONVERGED, || async { w.list_sandboxes().is_empty() }).await,
         "{:?}",
         w.list_sandboxes()
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_host_keeps_its_replicas_and_its_mesh() {
+    let mut c = Cluster::with_outside(&["manager", "worker-1"]).await;
+    let m = c.host("manager");
+    m.wharf().create_network(overlay("front")).await.unwrap();
+    m.wharf()
+        .create_service(
+            ServiceSpec::new("web")
+                .replicas(2)
+                .network("front")
+                .publish(ServicePort::tcp(8080, 80)),
+        )
+        .await
+        .unwrap();
+    let before = converged(&c, "web", 1, CONVERGED).await;
+    let tasks_before = c.host("worker-1").wharf().local_tasks();
+    assert_eq!(tasks_before.len(), 1);
+
+    // worker-1's controller restarts (its containers stay): it finds its task, runs no second
+    // copy, and serves the port again.
+    c.stop("worker-1").await;
+    c.start("worker-1").await;
+    let after = converged(&c, "web", 1, CONVERGED).await;
+    assert_eq!(after.tasks, before.tasks);
+    let w1 = c.host("worker-1");
+    assert_eq!(w1.wharf().local_tasks(), tasks_before);
+    let names: Vec<String> = w1
+        .wharf()
+        .list_sandboxes()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(
+        names,
+        [INGRESS_SANDBOX.to_owned(), tasks_before[0].sandbox.clone()]
+    );
+    let ns = w1.wharf().sandbox_netns(&tasks_before[0].sandbox).unwrap();
+    let _server = probe::serve_tcp(&ns, "0.0.0.0:80".parse().unwrap(), "web on worker-1")
+        .await
+        .unwrap();
+    let (outside, _) = c.outside.as_ref().unwrap();
+    let addr = SocketAddr::new(w1.addr.into(), 8080);
+    assert!(
+        eventually(CONVERGED, || async {
+            w1.wharf()
+                .routing_mesh()
+                .await
+                .first()
+                .map(|p| p.backends.len())
+                == Some(2)
+        })
+        .await
+    );
+    // Round robin over the two replicas: one of two connections reaches worker-1's.
+    let mut replies = Vec::new();
+    for _ in 0..2 {
+        replies.push(
+            probe::tcp_connect(outside, addr, Duration::from_secs(1))
+                .await
+                .unwrap_or_else(|e| e.to_string()),
+        );
+    }
+    assert!(
+        replies.iter().any(|r| r == "web on worker-1"),
+        "{replies:?}"
     );
 }

@@ -15,7 +15,8 @@
 //!   `numgen inc mod N map @be_<proto>_<P>` (the N replicas' ingress addresses, every host's,
 //!   in a fixed order), port T (the target port); `postrouting` masquerades what it DNATed out
 //!   of its ingress interface, so a replica answers `ingress-sbox` and the reply goes back the
-//!   way it came (over VXLAN for a replica on another host). Conntrack keeps each connection
+//!   way it came (over VXLAN for a replica on another host); `forward` (policy drop) passes
+//!   only those DNATed connections, so the sandbox routes nothing else. Conntrack keeps each connection
 //!   on the replica it got; each new connection takes the next replica.
 //! - Every host rebuilds its table (one atomic batch) whenever a service's ports or replicas'
 //!   ingress endpoints change: the watcher sees both in the cluster store.
@@ -36,7 +37,7 @@ use super::{
 use crate::driver::{DriverKind, DriverOptions, OverlayOptions, PortMapping, Protocol};
 use crate::sys::nft::{
     Batch, Chain, ChainType, CtStatus, DataType, Elem, Hook, IPPROTO_TCP, IPPROTO_UDP, IpVersion,
-    NftHandle, Rule, Set, Table, Value, priority,
+    NftHandle, Policy, Rule, Set, Table, Value, priority,
 };
 
 /// The name of each host's routing-mesh sandbox.
@@ -337,6 +338,23 @@ impl Controller {
             ChainType::Nat,
             priority::SRCNAT,
         ));
+        // The sandbox forwards only the mesh's own connections (both directions carry the
+        // DNAT status): nobody uses it as a router between ingress and the egress bridge.
+        b.add_chain(
+            &Chain::base(
+                &t,
+                "forward",
+                Hook::Forward,
+                ChainType::Filter,
+                priority::FILTER,
+            )
+            .policy(Policy::Drop),
+        );
+        b.add_rule(
+            &Rule::new(&t, "forward")
+                .ct_status_in(CtStatus::DNAT)
+                .accept(),
+        );
         for ((proto, port), (target, backends)) in wanted {
             if backends.is_empty() {
                 continue;

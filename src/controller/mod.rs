@@ -21,7 +21,9 @@
 //!
 //! Submodules: [`inspect`] (the JSON shape of `docker network inspect`), [`files`]
 //! (`resolv.conf` and `hosts` of a sandbox). Cluster mode (overlay networks shared by several
-//! hosts through a shared store) is configured with [`ClusterConfig`].
+//! hosts through a shared store) is configured with [`ClusterConfig`]; on it run services
+//! ([`Controller::create_service`] with a [`ServiceSpec`]: replicas placed over the hosts) and
+//! the routing mesh that publishes their ports on every host ([`Controller::routing_mesh`]).
 
 mod cluster;
 pub mod diagnose;

@@ -851,7 +851,6 @@ impl Controller {
             .all()
             .iter()
             .flat_map(|s| {
-                let needed = self.task_networks(s);
                 s.tasks
                     .iter()
                     .filter(|t| t.node == cluster.config.node)
@@ -862,15 +861,7 @@ impl Controller {
                         sandbox: s.task_name(t),
                     })
                     // Started: on every network it joins.
-                    .filter(|t| {
-                        let records = self.records();
-                        records.sandbox_by_name(&t.sandbox).is_some_and(|sb| {
-                            let eps = records.endpoints_of(&sb.id);
-                            needed
-                                .iter()
-                                .all(|n| eps.iter().any(|e| &e.network_id == n))
-                        })
-                    })
+                    .filter(|t| self.task_started(s, &t.sandbox))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -895,6 +886,14 @@ impl Controller {
 
     fn service_inspect(&self, r: &ServiceRecord) -> ServiceInspect {
         let needed = self.task_networks(r);
+        // Read before the mirror's lock: the two locks are never held together.
+        let local_names: HashMap<String, String> = {
+            let records = self.records();
+            r.networks
+                .iter()
+                .filter_map(|id| Some((id.clone(), records.networks.get(id)?.info.name.clone())))
+                .collect()
+        };
         let (endpoints, networks) = match self.cluster() {
             Some(c) => {
                 let mirror = c.mirror();
@@ -922,9 +921,7 @@ impl Controller {
                             .networks
                             .get(id)
                             .map(|(_, n)| n.info.name.clone())
-                            .or_else(|| {
-                                self.records().networks.get(id).map(|n| n.info.name.clone())
-                            })
+                            .or_else(|| local_names.get(id).cloned())
                             .unwrap_or_default(),
                     })
                     .collect();
@@ -1020,8 +1017,12 @@ impl Controller {
         let mut running = BTreeSet::new();
         for t in &have {
             let sandbox_alive = self.records().sandbox_by_name(&t.sandbox).is_some();
-            if wanted.contains_key(&t.id) && sandbox_alive {
-                running.insert(t.id.clone());
+            if let (Some((s, _)), true) = (wanted.get(&t.id), sandbox_alive) {
+                // A task that did not join all its networks (a start that failed half-way)
+                // is started again: `start_task` does only what is missing.
+                if self.task_started(s, &t.sandbox) {
+                    running.insert(t.id.clone());
+                }
                 continue;
             }
             if let Err(e) = self.stop_task(t).await {
@@ -1048,6 +1049,18 @@ impl Controller {
         }
         ok &= self.reconcile_mesh(&services).await;
         ok
+    }
+
+    /// Whether a task's sandbox is on every network the task joins.
+    fn task_started(&self, s: &ServiceRecord, sandbox: &str) -> bool {
+        let needed = self.task_networks(s);
+        let records = self.records();
+        records.sandbox_by_name(sandbox).is_some_and(|sb| {
+            let eps = records.endpoints_of(&sb.id);
+            needed
+                .iter()
+                .all(|n| eps.iter().any(|e| &e.network_id == n))
+        })
     }
 
     async fn stop_task(&self, t: &LocalTaskRecord) -> Result<()> {
@@ -1136,5 +1149,110 @@ pub(crate) async fn service_loop(
         let Some(inner) = weak.upgrade() else { return };
         let controller = Controller { inner };
         retry = !controller.reconcile_services().await;
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn nodes(n: &[&str]) -> Vec<String> {
+        n.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn replicas_spread_evenly_ties_by_name() {
+        let n = nodes(&["manager", "worker-1", "worker-2"]);
+        let placed = place(&n, &mut BTreeMap::new(), &[1, 2, 3, 4, 5]);
+        let on: Vec<&str> = placed.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(
+            on,
+            ["manager", "worker-1", "worker-2", "manager", "worker-1"]
+        );
+    }
+
+    #[test]
+    fn new_slots_go_to_the_least_loaded_nodes() {
+        let n = nodes(&["a", "b", "c"]);
+        let mut load = BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 1)]);
+        let placed = place(&n, &mut load, &[4, 5, 6]);
+        let on: Vec<&str> = placed.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(on, ["c", "b", "c"]);
+        // A node that left is never chosen, whatever its load.
+        let mut load = BTreeMap::from([("gone".to_string(), 0)]);
+        let placed = place(&nodes(&["a"]), &mut load, &[1]);
+        assert_eq!(placed, [(1, "a".to_string())]);
+        assert!(place(&[], &mut BTreeMap::new(), &[1]).is_empty());
+    }
+
+    fn record(name: &str, version: u64) -> ServiceRecord {
+        ServiceRecord {
+            id: format!("id-{name}"),
+            name: name.into(),
+            version,
+            replicas: 1,
+            networks: vec!["net".into()],
+            ports: vec![],
+            labels: BTreeMap::new(),
+            created: String::new(),
+            updated: String::new(),
+            tasks: vec![],
+        }
+    }
+
+    fn put(r: &ServiceRecord, revision: Revision) -> WatchEvent {
+        WatchEvent::Put(KeyValue {
+            key: service_key(&r.id),
+            value: serde_json::to_vec(r).unwrap(),
+            revision,
+        })
+    }
+
+    #[test]
+    fn the_mirror_ignores_events_older_than_what_it_has() {
+        let s = Services::default();
+        let v1 = record("web", 1);
+        let v2 = record("web", 2);
+        // The listing (revision 5) has v2; a put of v1 (3) that raced it changes nothing.
+        s.replace(&[KeyValue {
+            key: service_key(&v2.id),
+            value: serde_json::to_vec(&v2).unwrap(),
+            revision: 5,
+        }]);
+        s.apply(&put(&v1, 3));
+        assert_eq!(s.all(), std::slice::from_ref(&v2));
+        assert_eq!(s.users_of("net"), ["web"]);
+        // Deleted at 6; a replayed put at 5 does not bring it back.
+        s.apply(&WatchEvent::Delete {
+            key: service_key(&v2.id),
+            revision: 6,
+        });
+        s.apply(&put(&v2, 5));
+        assert!(s.all().is_empty());
+        assert!(s.users_of("net").is_empty());
+    }
+
+    #[test]
+    fn task_names_and_aliases() {
+        let r = ServiceRecord {
+            id: "x".into(),
+            name: "my-nginx".into(),
+            version: 1,
+            replicas: 1,
+            networks: vec![],
+            ports: vec![],
+            labels: BTreeMap::new(),
+            created: String::new(),
+            updated: String::new(),
+            tasks: vec![],
+        };
+        let t = TaskRecord {
+            slot: 3,
+            id: "0123456789ab".into(),
+            node: "n".into(),
+        };
+        assert_eq!(r.task_name(&t), "my-nginx.3.0123456789ab");
+        assert!(r.task_name(&t).len() <= 64);
+        assert_eq!(r.aliases(), ["my-nginx", "tasks.my-nginx"]);
     }
 }

@@ -90,10 +90,16 @@ struct ListenerCx {
     shared: Arc<Shared>,
     sandbox: Box<str>,
     upstreams: Option<Arc<[SocketAddr]>>,
+    /// Counts the sandbox's queries (UDP workers and TCP connections together), so that
+    /// consecutive answers for a name with several addresses rotate: round robin.
+    rotate: std::sync::atomic::AtomicUsize,
 }
 
 impl ListenerCx {
-    fn handle(&self, query: &[u8], transport: Transport, rotate: usize) -> Action {
+    fn handle(&self, query: &[u8], transport: Transport) -> Action {
+        let rotate = self
+            .rotate
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let table = self.shared.table.load();
         let defaults = self.shared.defaults.load();
         let cx = Context {
@@ -144,12 +150,12 @@ pub(crate) async fn start(
     let cx = Arc::new(ListenerCx {
         sandbox: sandbox.into(),
         upstreams,
+        rotate: std::sync::atomic::AtomicUsize::new(0),
         shared,
     });
     let mut tasks: Vec<JoinHandle<()>> = udp
         .into_iter()
-        .enumerate()
-        .map(|(worker, sock)| tokio::spawn(serve_udp(sock, cx.clone(), worker)))
+        .map(|sock| tokio::spawn(serve_udp(sock, cx.clone())))
         .collect();
     tasks.push(tokio::spawn(serve_tcp(tcp, cx)));
     Ok(Listener {
@@ -208,8 +214,7 @@ pub(crate) fn set_recv_buffer(s: &Socket, bytes: usize) {
 /// Datagrams one UDP worker answers before it lets other tasks run.
 const UDP_BATCH: usize = 64;
 
-async fn serve_udp(sock: Arc<UdpSocket>, cx: Arc<ListenerCx>, worker: usize) {
-    let mut rotate = worker;
+async fn serve_udp(sock: Arc<UdpSocket>, cx: Arc<ListenerCx>) {
     loop {
         if sock.readable().await.is_err() {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -235,8 +240,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, cx: Arc<ListenerCx>, worker: usize) {
                 continue;
             }
             let query = &buf[..n];
-            rotate = rotate.wrapping_add(1);
-            match cx.handle(query, Transport::Udp, rotate) {
+            match cx.handle(query, Transport::Udp) {
                 Action::Reply(bytes) => send_udp(&sock, bytes, peer),
                 Action::Forward(plan) => {
                     let Some(permit) = cx.shared.forwarder.try_permit() else {
@@ -324,7 +328,6 @@ async fn serve_conn(stream: TcpStream, cx: Arc<ListenerCx>, _slot: OwnedSemaphor
     let wr = Arc::new(AsyncMutex::new(wr));
     let pipeline = Arc::new(Semaphore::new(TCP_PIPELINE));
     let mut forwards = JoinSet::new();
-    let mut rotate = 0usize;
     loop {
         while forwards.try_join_next().is_some() {}
         let mut len = [0u8; 2];
@@ -337,8 +340,7 @@ async fn serve_conn(stream: TcpStream, cx: Arc<ListenerCx>, _slot: OwnedSemaphor
             Ok(Ok(_)) => {}
             _ => break,
         }
-        rotate = rotate.wrapping_add(1);
-        match cx.handle(&query, Transport::Tcp, rotate) {
+        match cx.handle(&query, Transport::Tcp) {
             Action::Reply(bytes) => {
                 if write_framed(&wr, &bytes).await.is_err() {
                     break;

@@ -241,14 +241,22 @@ impl Cluster {
         self.stop(role).await;
     }
 
-    /// Starts a stopped host's controller again.
+    /// Starts a stopped host's controller again. The previous controller's background work
+    /// (a reconcile in flight) may hold its state store a moment longer: opening is retried
+    /// for a while.
     pub async fn start(&mut self, role: &str) {
         let host = self.host_mut(role);
-        host.wharf = Some(
-            Controller::open(host.config.clone())
-                .await
-                .expect("controller reopens"),
-        );
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let wharf = loop {
+            match Controller::open(host.config.clone()).await {
+                Ok(w) => break w,
+                Err(e) if Instant::now() < deadline && format!("{e:?}").contains("AlreadyOpen") => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("controller reopens: {e}"),
+            }
+        };
+        host.wharf = Some(wharf);
     }
 }
 

@@ -232,6 +232,11 @@ pub async fn scenario_4_steps_2_to_4(c: &Cluster, within: Duration) {
     m.wharf().delete_network("nginx-net").await.unwrap();
     m.wharf().delete_network("nginx-net-2").await.unwrap();
     for h in &c.hosts {
-        assert!(h.wharf().list_sandboxes().is_empty(), "{}", h.role);
+        assert!(
+            eventually(within, || async { h.wharf().list_sandboxes().is_empty() }).await,
+            "{}: {:?}",
+            h.role,
+            h.wharf().list_sandboxes()
+        );
     }
 }

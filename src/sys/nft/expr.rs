@@ -1100,14 +1100,13 @@ impl Expr {
                 offset,
                 dreg,
             } => {
-                let mut attrs = vec![
+                // As nft sends it: the offset always, zero included.
+                let attrs = [
                     NumgenAttr::Dreg(dreg.0),
                     NumgenAttr::Modulus(*modulus),
                     NumgenAttr::Type(kind.to_u32()),
+                    NumgenAttr::Offset(*offset),
                 ];
-                if *offset != 0 {
-                    attrs.push(NumgenAttr::Offset(*offset));
-                }
                 other("numgen", attrs.iter().map(to_default).collect())
             }
             Self::Other { name, data } => {

@@ -164,6 +164,10 @@ fn nat_rules_match_nft_up_to_the_nat_expression() {
                 .snat(IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1))),
         ),
         (
+            "dnat_numgen",
+            Rule::new(&t(), "c").dnat_numgen(3, "be", IpVersion::V4, None),
+        ),
+        (
             "dnat_addr_port",
             Rule::new(&t(), "c")
                 .l4proto_eq(IPPROTO_TCP)
@@ -249,6 +253,12 @@ fn built_rules_round_trip() {
         Rule::new(&t(), "c")
             .ct_status_in(CtStatus::DNAT)
             .masquerade(),
+        Rule::new(&t(), "c").tcp_dport_eq(80).dnat_numgen(
+            5,
+            "be_tcp_80",
+            IpVersion::V4,
+            Some(8080),
+        ),
     ];
     for r in rules {
         let back = decode_rule(&rule_payload(&r));
