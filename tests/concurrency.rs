@@ -5,25 +5,14 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::World;
+use common::{Rng, World, ipv4_view};
 use wharf::controller::{EndpointSpec, Error, NetworkSpec, SandboxSpec};
-use wharf::sys::rtnl::{Handle, IpVersion};
+use wharf::sys::rtnl::Handle;
 
 const NETWORKS: usize = 10;
 const SANDBOXES: usize = 50;
 const TASKS: usize = 200;
 const OPS_PER_TASK: usize = 3;
-
-/// A small deterministic generator (xorshift), so a failure can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_tasks_leave_state_and_kernel_in_agreement() {
@@ -93,27 +82,8 @@ async fn two_hundred_tasks_leave_state_and_kernel_in_agreement() {
     // The kernel's view: each sandbox's interfaces and addresses, and the host's veths.
     for sb in w.wharf.list_sandboxes() {
         let ns = w.wharf.sandbox_netns(&sb.name).unwrap();
-        let h = Handle::in_netns(&ns).await.unwrap();
-        let mut got = BTreeSet::new();
-        for l in h.link().list().await.unwrap() {
-            if l.name == "lo" {
-                continue;
-            }
-            for a in h.address().list_on(l.index).await.unwrap() {
-                if a.addr.is_ipv4() {
-                    got.insert((l.name.clone(), a.addr.to_string()));
-                }
-            }
-        }
+        let (got, defaults) = ipv4_view(&ns).await;
         assert_eq!(got, want[&sb.name], "sandbox {}", sb.name);
-        let defaults = h
-            .route()
-            .list(IpVersion::V4)
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|r| r.dst.prefix() == 0)
-            .count();
         assert_eq!(
             defaults,
             usize::from(!sb.endpoints.is_empty()),

@@ -38,7 +38,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::model::{NetworkRecord, NetworkSpec};
+use super::model::{NetworkRecord, NetworkSpec, Status};
 use super::{Controller, Error, Inner, ObjectKind, Result, names, records, split_ipam};
 use crate::dns::EndpointDns;
 use crate::driver::{
@@ -681,6 +681,7 @@ impl Controller {
             info.options = DriverOptions::Overlay(opts.clone());
             let record = NetworkRecord {
                 info: info.clone(),
+                status: Status::Active,
                 created: created.clone(),
                 attachable: spec.attachable,
                 labels: spec.labels.clone(),
@@ -1053,7 +1054,7 @@ impl Controller {
     }
 
     /// Brings a network's kernel entries and DNS records in line with the mirror.
-    async fn reconcile(&self, network_id: &str, from_kernel: bool) {
+    async fn reconcile_peers(&self, network_id: &str, from_kernel: bool) {
         let Some(cluster) = self.cluster() else {
             return;
         };
@@ -1239,7 +1240,7 @@ impl Controller {
             .cloned()
             .collect();
         for id in ids {
-            self.reconcile(&id, true).await;
+            self.reconcile_peers(&id, true).await;
         }
         // Services last: their tasks join the networks just learnt.
         cluster.services.replace(&services);
@@ -1284,7 +1285,7 @@ impl Controller {
                     .unwrap_or_else(|p| p.into_inner())
                     .contains_key(&net);
                 if known {
-                    self.reconcile(&net, false).await;
+                    self.reconcile_peers(&net, false).await;
                 }
             }
             (None, _) => {}
@@ -1375,7 +1376,7 @@ impl Controller {
             .cloned()
             .collect();
         for id in ids {
-            self.reconcile(&id, true).await;
+            self.reconcile_peers(&id, true).await;
         }
     }
 

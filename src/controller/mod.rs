@@ -30,10 +30,12 @@ pub mod diagnose;
 mod error;
 pub mod files;
 pub mod inspect;
+mod journal;
 mod mesh;
 mod model;
 mod names;
 mod ports;
+mod reconcile;
 mod records;
 mod service;
 
@@ -104,6 +106,11 @@ pub struct ControllerConfig {
     /// Cluster mode: the shared store, this node's name and underlay address. Needed for
     /// overlay networks. Default: none (a single host).
     pub cluster: Option<ClusterConfig>,
+    /// Watch the host namespace for deletions of wharf's nftables tables (or their chains,
+    /// rules, sets) and of its bridges, and run [`Controller::reconcile`] when one happens
+    /// (opt-in; default off). Each of wharf's own detaches also wakes the watch, which then
+    /// only checks names.
+    pub watch_kernel: bool,
 }
 
 impl ControllerConfig {
@@ -118,7 +125,15 @@ impl ControllerConfig {
             host_hosts: None,
             ipam: None,
             cluster: None,
+            watch_kernel: false,
         }
+    }
+
+    /// Restores wharf's firewall and bridges by itself when they are deleted from outside
+    /// (see [`ControllerConfig::watch_kernel`]).
+    pub fn watch_kernel(mut self) -> Self {
+        self.watch_kernel = true;
+        self
     }
 
     /// Joins a cluster (overlay networks).
@@ -178,6 +193,10 @@ struct Inner {
     /// Serialises connects that publish ports, from the check that a host port is free to the
     /// record that takes it.
     ports_lock: tokio::sync::Mutex<()>,
+    /// Held shared by every connect and disconnect for its kernel work and records, and
+    /// exclusively by [`Controller::reconcile`] while the drivers restore networks from a
+    /// snapshot of the records (so it never restores what a disconnect just removed).
+    kernel_gate: tokio::sync::RwLock<()>,
 }
 
 const KEY_NETWORKS: &str = "wharf/v1/networks/";
@@ -263,11 +282,20 @@ impl Controller {
                 sandbox_locks: Mutex::new(HashMap::new()),
                 cluster,
                 ports_lock: tokio::sync::Mutex::new(()),
+                kernel_gate: tokio::sync::RwLock::new(()),
             }),
         };
         controller.restore_drivers();
         controller.reopen_sandboxes().await;
+        // What a crash interrupted is finished or undone before anything else looks at it.
+        controller.recover_journal().await?;
         controller.ensure_predefined().await?;
+        if let Err(e) = controller.reconcile_kernel(true).await {
+            tracing::warn!(error = %e, "reconciling the kernel with the records at open");
+        }
+        if controller.inner.config.watch_kernel {
+            controller.start_kernel_watch().await?;
+        }
         controller.start_cluster().await?;
         controller.restore_dns().await;
         Ok(controller)
@@ -386,20 +414,33 @@ impl Controller {
             }
         }
 
-        if let Err(e) = driver.create_network(&info).await {
-            self.release_subnets(&info).await;
-            return Err(e.into());
-        }
-        let record = NetworkRecord {
+        // The intent (durable), the kernel work, the completion (relaxed). A crash before the
+        // intent leaves subnets without a network, which recovery releases.
+        let mut record = NetworkRecord {
             info: info.clone(),
+            status: model::Status::Pending,
             created: humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
             attachable: spec.attachable,
             labels: spec.labels,
             predefined,
         };
-        if let Err(e) = self.put(KEY_NETWORKS, &id, &record).await {
+        if let Err(e) = self.journal_put(KEY_NETWORKS, &id, &record, true).await {
+            self.release_subnets(&info).await;
+            return Err(e);
+        }
+        let created = match driver.create_network(&info).await {
+            Ok(()) => {
+                record.status = model::Status::Active;
+                self.journal_put(KEY_NETWORKS, &id, &record, false).await
+            }
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = created {
             let _ = driver.delete_network(&info).await;
             self.release_subnets(&info).await;
+            if let Err(undo) = self.journal_delete(KEY_NETWORKS, &id, false).await {
+                tracing::warn!(network = %info.name, error = %undo, "undoing a network's intent; recovery will");
+            }
             return Err(e);
         }
         self.register_network_dns(&record);
@@ -428,14 +469,22 @@ impl Controller {
         if info.options.kind().is_cluster_scoped() {
             return self.delete_cluster_network(record).await;
         }
-        self.driver(info.options.kind())?
-            .delete_network(info)
+        let driver = self.driver(info.options.kind())?;
+        let mut removing = record.clone();
+        removing.status = model::Status::Removing;
+        self.journal_put(KEY_NETWORKS, &info.id, &removing, false)
             .await?;
+        if let Err(e) = driver.delete_network(info).await {
+            if let Err(undo) = self
+                .journal_put(KEY_NETWORKS, &info.id, &record, false)
+                .await
+            {
+                tracing::warn!(network = %info.name, error = %undo, "marking a network active again");
+            }
+            return Err(e.into());
+        }
         self.release_subnets(info).await;
-        self.inner
-            .store
-            .delete(&format!("{KEY_NETWORKS}{}", info.id))
-            .await?;
+        self.journal_delete(KEY_NETWORKS, &info.id, true).await?;
         self.records_mut().networks.remove(&info.id);
         self.inner.resolver.remove_network(&info.id);
         tracing::info!(network = %info.name, "network deleted");
@@ -494,24 +543,57 @@ impl Controller {
             });
         }
         let id = names::new_id();
-        let (namespace, ns, created) = match &spec.namespace {
+        let stored = match &spec.namespace {
             SandboxNamespace::New => {
                 let netns = format!("{}{}", self.inner.config.netns_prefix, spec.name);
                 crate::sys::netns::validate_name(&netns)?;
-                let ns = NetNs::create(&netns).await?;
-                (StoredNamespace::Owned(netns), ns, true)
+                StoredNamespace::Owned(netns)
             }
-            SandboxNamespace::Path(p) => (
-                StoredNamespace::Path(p.clone()),
-                NetNs::open_path(p)?,
-                false,
-            ),
-            SandboxNamespace::Host => (StoredNamespace::Host, self.inner.host.clone(), false),
+            SandboxNamespace::Path(p) => StoredNamespace::Path(p.clone()),
+            SandboxNamespace::Host => StoredNamespace::Host,
         };
-        let undo_ns = |ns: &StoredNamespace| {
+        // A namespace that exists already is opened (and checked) before anything is written.
+        let existing = match &stored {
+            StoredNamespace::Owned(_) => None,
+            StoredNamespace::Path(p) => Some(NetNs::open_path(p)?),
+            StoredNamespace::Host => Some(self.inner.host.clone()),
+        };
+        let mut record = SandboxRecord {
+            id: id.clone(),
+            status: model::Status::Pending,
+            name: spec.name.clone(),
+            hostname: spec.hostname.clone().unwrap_or_else(|| spec.name.clone()),
+            namespace: stored,
+            gateway_v4: None,
+            gateway_v6: None,
+        };
+        // The intent, durable: a namespace wharf makes is never left without a record.
+        self.journal_put(KEY_SANDBOXES, &id, &record, true).await?;
+        let forget = async || {
+            if let Err(e) = self.journal_delete(KEY_SANDBOXES, &id, false).await {
+                tracing::warn!(sandbox = %spec.name, error = %e, "undoing a sandbox's intent; recovery will");
+            }
+        };
+        let opened = match (existing, &record.namespace) {
+            (Some(ns), _) => Ok((ns, false)),
+            (None, StoredNamespace::Owned(netns)) => {
+                NetNs::create(netns).await.map(|ns| (ns, true))
+            }
+            (None, _) => Ok((self.inner.host.clone(), false)),
+        };
+        let (ns, created) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                forget().await;
+                return Err(e.into());
+            }
+        };
+        let namespace = record.namespace.clone();
+        let undo_ns = async |ns: &StoredNamespace| {
             if let (true, StoredNamespace::Owned(name)) = (created, ns) {
                 let _ = NetNs::delete(name);
             }
+            forget().await;
         };
         let handle = if namespace == StoredNamespace::Host {
             self.inner.host_handle.clone()
@@ -519,7 +601,7 @@ impl Controller {
             match Handle::in_netns(&ns).await {
                 Ok(h) => h,
                 Err(e) => {
-                    undo_ns(&namespace);
+                    undo_ns(&namespace).await;
                     return Err(e.into());
                 }
             }
@@ -531,18 +613,14 @@ impl Controller {
                 let lo = handle.link().get("lo").await?;
                 handle.link().set_up(lo.index).await
             };
-            lo.await?;
+            if let Err(e) = lo.await {
+                undo_ns(&namespace).await;
+                return Err(e.into());
+            }
         }
-        let record = SandboxRecord {
-            id: id.clone(),
-            name: spec.name.clone(),
-            hostname: spec.hostname.clone().unwrap_or_else(|| spec.name.clone()),
-            namespace,
-            gateway_v4: None,
-            gateway_v6: None,
-        };
-        if let Err(e) = self.put(KEY_SANDBOXES, &id, &record).await {
-            undo_ns(&record.namespace);
+        record.status = model::Status::Active;
+        if let Err(e) = self.journal_put(KEY_SANDBOXES, &id, &record, false).await {
+            undo_ns(&record.namespace).await;
             return Err(e);
         }
         self.records_mut()
@@ -583,6 +661,26 @@ impl Controller {
     }
 
     async fn delete_sandbox_locked(&self, id: &str) -> Result<()> {
+        // The intent, durable: a crash from here on ends with the sandbox gone.
+        // The in-memory record says so too: the disconnects below write the sandbox's record
+        // (its default-route owners) from it.
+        let record = self.records().sandboxes.get(id).cloned();
+        if let Some(record) = &record {
+            let mut removing = record.clone();
+            removing.status = model::Status::Removing;
+            self.journal_put(KEY_SANDBOXES, id, &removing, true).await?;
+            self.records_mut().sandboxes.insert(id.to_owned(), removing);
+        }
+        let kept = async || {
+            let current = self.records().sandboxes.get(id).cloned();
+            if let Some(mut current) = current {
+                current.status = model::Status::Active;
+                if let Err(e) = self.journal_put(KEY_SANDBOXES, id, &current, false).await {
+                    tracing::warn!(sandbox = %current.name, error = %e, "marking a sandbox active again");
+                }
+                self.records_mut().sandboxes.insert(id.to_owned(), current);
+            }
+        };
         let endpoints: Vec<EndpointRecord> = self
             .records()
             .endpoints_of(id)
@@ -597,6 +695,7 @@ impl Controller {
             }
         }
         if let Some(e) = first_error {
+            kept().await;
             return Err(e);
         }
         let record = self.records().sandboxes.get(id).cloned();
@@ -613,7 +712,10 @@ impl Controller {
             match NetNs::delete(netns) {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    kept().await;
+                    return Err(e.into());
+                }
             }
             let dir = self.inner.config.sandbox_files_dir.join(netns);
             // On the blocking pool, like the writes: see `write_files_off_runtime`.
@@ -629,10 +731,7 @@ impl Controller {
                 }
             }
         }
-        self.inner
-            .store
-            .delete(&format!("{KEY_SANDBOXES}{id}"))
-            .await?;
+        self.journal_delete(KEY_SANDBOXES, id, true).await?;
         self.records_mut().sandboxes.remove(id);
         tracing::info!(sandbox = %record.name, "sandbox deleted");
         Ok(())
@@ -845,6 +944,7 @@ impl Controller {
         spec: EndpointSpec,
         joiner: Joiner,
     ) -> Result<EndpointDetails> {
+        let _gate = self.inner.kernel_gate.read().await;
         // Looked up again under the lock: the sandbox may have been deleted meanwhile.
         let (sb, net) = {
             let records = self.records();
@@ -960,18 +1060,12 @@ impl Controller {
 
         // Addresses.
         let ep_id = self.new_endpoint_id();
-        let mut reserved: Vec<IpAddr> = Vec::new();
+        let mut held: Vec<journal::Held> = Vec::new();
         // A cluster network's joins and leaves on this host are ordered (its data plane is made
         // with the first and removed with the last).
         let mut net_guard = match self.cluster() {
             Some(c) if kind.is_cluster_scoped() => Some(c.lock(&info.id).await),
             _ => None,
-        };
-        let ipam = self.ipam_for(info);
-        let reserve = async |req: AddressRequest, reserved: &mut Vec<IpAddr>| -> Result<IpAddr> {
-            let ip = ipam.allocate(&info.id, req).await?;
-            reserved.push(ip);
-            Ok(ip)
         };
         let addressed: Result<(Option<Ipv4Network>, Option<Ipv6Network>)> = async {
             let mut v4 = None;
@@ -981,7 +1075,7 @@ impl Controller {
                     Some(ip) => AddressRequest::Static(IpAddr::V4(ip)),
                     None => AddressRequest::Next(Family::V4),
                 };
-                if let IpAddr::V4(ip) = reserve(req, &mut reserved).await? {
+                if let IpAddr::V4(ip) = self.hold_address(info, req, &mut held).await? {
                     v4 = Ipv4Network::new(ip, s.subnet.prefix()).ok();
                 }
             }
@@ -990,7 +1084,7 @@ impl Controller {
                     Some(ip) => AddressRequest::Static(IpAddr::V6(ip)),
                     None => AddressRequest::Next(Family::V6),
                 };
-                if let IpAddr::V6(ip) = reserve(req, &mut reserved).await? {
+                if let IpAddr::V6(ip) = self.hold_address(info, req, &mut held).await? {
                     v6 = Ipv6Network::new(ip, s.subnet.prefix()).ok();
                 }
             }
@@ -1000,7 +1094,7 @@ impl Controller {
         let (ipv4, ipv6) = match addressed {
             Ok(a) => a,
             Err(e) => {
-                self.release_addresses(info, &reserved).await;
+                self.drop_held(info, &held).await;
                 return Err(e);
             }
         };
@@ -1016,16 +1110,31 @@ impl Controller {
             ipv6,
             ports: spec.ports.clone(),
         };
+        if let Err(e) = driver.validate_endpoint(info, &ep) {
+            self.drop_held(info, &held).await;
+            return Err(e.into());
+        }
         let ctx = SandboxContext {
             name: sb.name.clone(),
             ns,
             handle: handle.clone(),
             is_host,
         };
+        let seq = self.records_mut().next_seq();
+        let mut record = EndpointRecord {
+            info: ep.clone(),
+            status: model::Status::Pending,
+            network_id: info.id.clone(),
+            sandbox_id: sb.id.clone(),
+            aliases: spec.aliases.clone(),
+            seq,
+        };
+        // The intent, with the addresses: the attach's one durable commit.
+        self.journal_attach(&record, info, &held).await?;
+        record.status = model::Status::Active;
 
         // Kernel work, undone in reverse order on failure.
         let joined = async {
-            driver.validate_endpoint(info, &ep)?;
             let joined = driver.join(info, &ep, &ctx).await?;
             if let Err(e) = driver.program_external_connectivity(info, &ep).await {
                 let _ = driver.leave_sandbox(info, &ep, Some(&ctx)).await;
@@ -1037,7 +1146,7 @@ impl Controller {
         let joined = match joined {
             Ok(j) => j,
             Err(e) => {
-                self.release_addresses(info, &reserved).await;
+                self.journal_attach_failed(&record, info, None).await;
                 return Err(e);
             }
         };
@@ -1059,17 +1168,11 @@ impl Controller {
             Ok(())
         }
         .await;
-        let seq = self.records_mut().next_seq();
-        let record = EndpointRecord {
-            info: ep.clone(),
-            network_id: info.id.clone(),
-            sandbox_id: sb.id.clone(),
-            aliases: spec.aliases.clone(),
-            seq,
-        };
+        // The completion, relaxed (a crash that loses it leaves a `pending` record whose
+        // objects all exist: recovery rolls it forward).
         let persisted = match routed {
             Ok(()) => {
-                self.put_endpoint(&record, (new_sb != sb).then_some(&new_sb))
+                self.journal_attached(&record, (new_sb != sb).then_some(&new_sb))
                     .await
             }
             Err(e) => Err(e),
@@ -1080,31 +1183,15 @@ impl Controller {
             self.cluster_endpoint(&info.id, &ep, &sb.name, &spec.aliases),
         ) {
             (Ok(()), Some(published)) if kind.is_cluster_scoped() => {
-                match self.publish_endpoint(&published).await {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        let mut ops = vec![crate::store::Op::Delete {
-                            key: format!("{KEY_ENDPOINTS}{ep_id}"),
-                        }];
-                        if new_sb != sb {
-                            ops.push(crate::store::Op::Put {
-                                key: format!("{KEY_SANDBOXES}{}", sb.id),
-                                value: records::encode(&sb)?,
-                            });
-                        }
-                        if let Err(undo) = self.inner.store.apply(ops).await {
-                            tracing::warn!(endpoint = %ep_id, error = %undo, "rollback of an endpoint record failed");
-                        }
-                        Err(e)
-                    }
-                }
+                self.publish_endpoint(&published).await
             }
             (other, _) => other,
         };
         if let Err(e) = persisted {
             let _ = driver.revoke_external_connectivity(info, &ep).await;
             let _ = driver.leave_sandbox(info, &ep, Some(&ctx)).await;
-            self.release_addresses(info, &reserved).await;
+            self.journal_attach_failed(&record, info, (new_sb != sb).then_some(&sb))
+                .await;
             return Err(e);
         }
         {
@@ -1348,6 +1435,7 @@ impl Controller {
     }
 
     async fn disconnect_locked(&self, ep_id: &str) -> Result<()> {
+        let _gate = self.inner.kernel_gate.read().await;
         let (ep, net, sb) = {
             let records = self.records();
             let ep = records
@@ -1382,9 +1470,14 @@ impl Controller {
             Some(c) if cluster_scoped => Some(c.lock(&net.info.id).await),
             _ => None,
         };
+        // The intent first (relaxed: the completion below is durable).
+        self.journal_detach(&ep).await?;
         // Withdrawn first: the other hosts stop sending to it before it goes.
         if cluster_scoped {
-            self.withdraw_endpoint(&net.info.id, ep_id).await?;
+            if let Err(e) = self.withdraw_endpoint(&net.info.id, ep_id).await {
+                self.journal_detach_failed(&ep).await;
+                return Err(e);
+            }
         }
         let ctx = {
             let live = self.live();
@@ -1421,32 +1514,18 @@ impl Controller {
                     }
                 }
             }
+            self.journal_detach_failed(&ep).await;
             return Err(e.into());
         }
-        let addrs: Vec<IpAddr> = ep
-            .info
-            .ipv4
-            .map(|n| IpAddr::V4(n.ip()))
-            .into_iter()
-            .chain(ep.info.ipv6.map(|n| IpAddr::V6(n.ip())))
-            .collect();
-        self.release_addresses(&net.info, &addrs).await;
 
         // Move the default route if this endpoint carried it.
         let mut new_sb = sb.clone();
         if sb.gateway_v4.as_deref() == Some(ep_id) || sb.gateway_v6.as_deref() == Some(ep_id) {
             self.reroute(&mut new_sb, ep_id).await;
         }
-        let mut ops = vec![crate::store::Op::Delete {
-            key: format!("{KEY_ENDPOINTS}{ep_id}"),
-        }];
-        if new_sb != sb {
-            ops.push(crate::store::Op::Put {
-                key: format!("{KEY_SANDBOXES}{}", sb.id),
-                value: records::encode(&new_sb)?,
-            });
-        }
-        self.inner.store.apply(ops).await?;
+        // The completion: record and addresses gone, in one durable batch.
+        self.journal_detached(&ep, &net.info, (new_sb != sb).then_some(&new_sb))
+            .await?;
         {
             let mut records = self.records_mut();
             records.endpoints.remove(ep_id);
@@ -1619,26 +1698,7 @@ impl Controller {
     }
 
     async fn put<T: serde::Serialize>(&self, prefix: &str, id: &str, value: &T) -> Result<()> {
-        self.inner
-            .store
-            .put(&format!("{prefix}{id}"), records::encode(value)?)
-            .await?;
-        Ok(())
-    }
-
-    async fn put_endpoint(&self, ep: &EndpointRecord, sb: Option<&SandboxRecord>) -> Result<()> {
-        let mut ops = vec![crate::store::Op::Put {
-            key: format!("{KEY_ENDPOINTS}{}", ep.info.id),
-            value: records::encode(ep)?,
-        }];
-        if let Some(sb) = sb {
-            ops.push(crate::store::Op::Put {
-                key: format!("{KEY_SANDBOXES}{}", sb.id),
-                value: records::encode(sb)?,
-            });
-        }
-        self.inner.store.apply(ops).await?;
-        Ok(())
+        self.journal_put(prefix, id, value, true).await
     }
 
     async fn release_addresses(&self, net: &NetworkInfo, addrs: &[IpAddr]) {

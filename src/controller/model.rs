@@ -144,10 +144,34 @@ pub struct EndpointSpec {
     pub ports: Vec<crate::driver::PortMapping>,
 }
 
+/// Where a stored object is in its life: a record is its own journal entry (see
+/// `controller/journal.rs`). Records written before the journal existed have no status and are
+/// active.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Status {
+    /// Created, and its kernel objects made.
+    #[default]
+    Active,
+    /// Intent: the kernel objects are being made (after a crash: finished if they all exist,
+    /// else undone).
+    Pending,
+    /// Intent: the kernel objects are being removed (after a crash: the removal is finished).
+    Removing,
+}
+
+impl Status {
+    pub fn is_active(&self) -> bool {
+        *self == Status::Active
+    }
+}
+
 /// The stored record of a network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct NetworkRecord {
     pub info: NetworkInfo,
+    #[serde(default, skip_serializing_if = "Status::is_active")]
+    pub status: Status,
     pub created: String,
     pub attachable: bool,
     pub labels: BTreeMap<String, String>,
@@ -171,6 +195,8 @@ pub(crate) enum StoredNamespace {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SandboxRecord {
     pub id: String,
+    #[serde(default, skip_serializing_if = "Status::is_active")]
+    pub status: Status,
     pub name: String,
     pub hostname: String,
     pub namespace: StoredNamespace,
@@ -184,6 +210,8 @@ pub(crate) struct SandboxRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct EndpointRecord {
     pub info: EndpointInfo,
+    #[serde(default, skip_serializing_if = "Status::is_active")]
+    pub status: Status,
     pub network_id: String,
     pub sandbox_id: String,
     pub aliases: Vec<String>,

@@ -57,6 +57,9 @@ fn mock(fail: &'static str) -> MockDriver {
         });
     d.expect_revoke_external_connectivity()
         .returning(|_, _| Ok(()));
+    d.expect_network_present().returning(|_| Ok(true));
+    d.expect_endpoint_present().returning(|_, _, _| Ok(true));
+    d.expect_reconcile().returning(|_, _| Ok(()));
     d
 }
 

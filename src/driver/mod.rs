@@ -72,6 +72,21 @@ pub struct SubnetInfo {
     pub gateway: Option<IpAddr>,
 }
 
+impl SubnetInfo {
+    /// The gateway as an interface address (`172.18.0.1/16`), if there is one; an error if
+    /// the gateway's family differs from the subnet's.
+    pub fn gateway_address(&self) -> Result<Option<IpNetwork>, SysError> {
+        let Some(gw) = self.gateway else {
+            return Ok(None);
+        };
+        IpNetwork::new(gw, self.subnet.prefix())
+            .map(Some)
+            .map_err(|_| SysError::InvalidArgument {
+                what: format!("gateway {gw} of {}", self.subnet),
+            })
+    }
+}
+
 /// What a driver knows about one endpoint (the attachment of a sandbox to a network).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointInfo {
@@ -425,4 +440,78 @@ pub trait Driver: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<Vec<PeerEntry>>, DriverError> {
         Ok(None)
     }
+
+    /// Recovery after a crash: whether every kernel object of the endpoint exists as `ep` says,
+    /// i.e. whether [`Driver::join`] finished. Reads the kernel only. By default: the sandbox's
+    /// side ([`sandbox_side_present`]); drivers with a host side check that too.
+    async fn endpoint_present(
+        &self,
+        net: &NetworkInfo,
+        ep: &EndpointInfo,
+        sandbox: &SandboxContext,
+    ) -> Result<bool, DriverError> {
+        sandbox_side_present(ep, sandbox)
+            .await
+            .map_err(DriverError::kernel(&net.name))
+    }
+
+    /// Recovery after a crash: whether [`Driver::create_network`] finished. Reads the kernel
+    /// only. True by default (drivers that make nothing per network, or make it lazily).
+    async fn network_present(&self, _net: &NetworkInfo) -> Result<bool, DriverError> {
+        Ok(true)
+    }
+
+    /// Makes the kernel match this driver's stored networks and their endpoints again:
+    /// recreates per-network objects that were removed from outside (a deleted bridge, a
+    /// flushed firewall) and re-attaches the endpoints' existing host sides to them. With
+    /// `prune`, also removes what the driver made for objects no network or endpoint has any
+    /// more (elements in wharf's own nftables tables); the caller guarantees that no join or
+    /// leave runs at the same time then. Endpoints whose interfaces are gone are not the
+    /// driver's business here: the controller joins them again. No-op by default.
+    async fn reconcile(&self, _networks: &[NetworkState], _prune: bool) -> Result<(), DriverError> {
+        Ok(())
+    }
+}
+
+/// A stored network and its endpoints, as [`Driver::reconcile`] receives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkState {
+    /// The network.
+    pub info: NetworkInfo,
+    /// Its endpoints on this host.
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+/// Whether the sandbox holds the endpoint's interface as [`Driver::join`] leaves it: named
+/// `ep.ifname`, with `ep.mac`, its addresses, and up. A sandbox on the host's namespace has no
+/// interface of its own: always true.
+pub async fn sandbox_side_present(
+    ep: &EndpointInfo,
+    sandbox: &SandboxContext,
+) -> Result<bool, SysError> {
+    if sandbox.is_host {
+        return Ok(true);
+    }
+    let link = match sandbox.handle.link().get(&ep.ifname).await {
+        Ok(l) => l,
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if link.mac != Some(ep.mac) || !link.up {
+        return Ok(false);
+    }
+    let have: Vec<IpNetwork> = sandbox
+        .handle
+        .address()
+        .list_on(link.index)
+        .await?
+        .into_iter()
+        .map(|a| a.addr)
+        .collect();
+    let wanted = ep
+        .ipv4
+        .map(IpNetwork::V4)
+        .into_iter()
+        .chain(ep.ipv6.map(IpNetwork::V6));
+    Ok(wanted.into_iter().all(|w| have.contains(&w)))
 }

@@ -212,6 +212,40 @@ pub enum AddressRequest {
     Static(IpAddr),
 }
 
+/// An address reserved in memory by [`Ipam::reserve`], whose store key the caller writes in a
+/// batch of its own ([`Reservation::op`]), together with whatever else must be committed
+/// atomically with it (the controller's endpoint record). Settle it with [`Ipam::confirm`]
+/// once the batch is applied, or [`Ipam::abandon`] if it is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    network_id: String,
+    subnet: IpNetwork,
+    ip: IpAddr,
+    key: String,
+    value: Vec<u8>,
+}
+
+impl Reservation {
+    /// The reserved address.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// The store key of the address.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The op that takes the address in the store: create-if-absent of its key, so a batch
+    /// fails with [`StoreError::AlreadyExists`] if another allocator sharing the store took it.
+    pub fn op(&self) -> Op {
+        Op::Create {
+            key: self.key.clone(),
+            value: self.value.clone(),
+        }
+    }
+}
+
 /// The value of an address key (`ipam/v1/<scope>/addrs/<network-id>/<ip>`).
 #[derive(Debug, Serialize, Deserialize)]
 struct AddressRecord {
@@ -860,6 +894,104 @@ impl Ipam {
                     }
                     return Err(IpamError::SubnetReleasing { network, subnet });
                 }
+            }
+        }
+    }
+
+    /// Reserves an address like [`allocate`](Self::allocate) but only in memory: the caller
+    /// commits [`Reservation::op`] in its own batch, then calls [`confirm`](Self::confirm) (or
+    /// [`abandon`](Self::abandon) if the batch failed). Until then the address is taken here and
+    /// no other call hands it out. This lets an endpoint's address and its record be one atomic,
+    /// single-fsync commit.
+    pub async fn reserve(
+        &self,
+        network_id: &str,
+        request: AddressRequest,
+    ) -> Result<Reservation, IpamError> {
+        self.ensure_loaded(network_id).await?;
+        let (ip, subnet) = self.pick(network_id, request)?;
+        let key = self.addr_key(network_id, ip);
+        let value = match encode(&key, &AddressRecord { subnet }) {
+            Ok(v) => v,
+            Err(e) => {
+                self.abandon_in_memory(network_id, subnet, ip, false);
+                return Err(e);
+            }
+        };
+        Ok(Reservation {
+            network_id: network_id.to_owned(),
+            subnet,
+            ip,
+            key,
+            value,
+        })
+    }
+
+    /// The caller's batch with [`Reservation::op`] was applied: the address is allocated.
+    /// Fails with [`IpamError::SubnetReleasing`] if the subnet was released meanwhile (the
+    /// caller then deletes the key again and gives up).
+    pub fn confirm(&self, r: &Reservation) -> Result<(), IpamError> {
+        let mut state = self.state();
+        let entry = state
+            .subnets
+            .get_mut(&r.subnet)
+            .filter(|e| e.lease.network_id == r.network_id);
+        match entry {
+            Some(entry) if !entry.releasing => {
+                entry.in_flight.remove(&r.ip);
+                Ok(())
+            }
+            Some(entry) => {
+                entry.in_flight.remove(&r.ip);
+                Err(IpamError::SubnetReleasing {
+                    network: entry.lease.network_name.clone(),
+                    subnet: r.subnet,
+                })
+            }
+            None => Err(IpamError::SubnetReleasing {
+                network: r.network_id.clone(),
+                subnet: r.subnet,
+            }),
+        }
+    }
+
+    /// The caller's batch with [`Reservation::op`] was not applied: the address is free again,
+    /// unless `taken_elsewhere` (the batch failed because the key exists: another allocator
+    /// sharing the store holds it, so it stays marked here).
+    pub fn abandon(&self, r: &Reservation, taken_elsewhere: bool) {
+        self.abandon_in_memory(&r.network_id, r.subnet, r.ip, taken_elsewhere);
+    }
+
+    fn abandon_in_memory(&self, network_id: &str, subnet: IpNetwork, ip: IpAddr, keep: bool) {
+        let mut state = self.state();
+        if let Some(entry) = state
+            .subnets
+            .get_mut(&subnet)
+            .filter(|e| e.lease.network_id == network_id)
+        {
+            entry.in_flight.remove(&ip);
+            if !keep {
+                let _ = entry.alloc.release(ip);
+            }
+        }
+    }
+
+    /// The op that frees an allocated address in the store, for a caller that deletes it in a
+    /// batch of its own (with its endpoint record); call [`forget`](Self::forget) after the
+    /// batch was applied.
+    pub fn release_op(&self, network_id: &str, ip: IpAddr) -> Op {
+        Op::Delete {
+            key: self.addr_key(network_id, ip),
+        }
+    }
+
+    /// The caller's batch with [`release_op`](Self::release_op) was applied: the address is
+    /// free in memory too.
+    pub fn forget(&self, network_id: &str, ip: IpAddr) {
+        let mut state = self.state();
+        if let Some(entry) = state.entry_for(network_id, ip) {
+            if entry.alloc.reservation(ip).is_none() && !entry.in_flight.contains(&ip) {
+                let _ = entry.alloc.release(ip);
             }
         }
     }

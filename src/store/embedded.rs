@@ -86,6 +86,9 @@ struct Queue {
 /// A batch waiting to be committed, and where its result goes.
 struct Pending {
     ops: Vec<Op>,
+    /// Its caller waits for the fsync ([`Store::apply`]) rather than only for the commit
+    /// ([`Store::apply_relaxed`]).
+    durable: bool,
     reply: oneshot::Sender<Result<Revision, StoreError>>,
 }
 
@@ -139,9 +142,10 @@ impl EmbeddedStore {
                 StoreError::backend(format!("creating directory {}", parent.display()), e)
             })?;
         }
-        let db = Database::builder()
-            // The v3 format is what redb 3 and later read, so a later upgrade keeps the file.
-            .create_with_file_format_v3(true)
+        if !path.exists() {
+            create_whole(&path)?;
+        }
+        let db = builder()
             .create(&path)
             .map_err(|e| StoreError::backend(format!("opening {}", path.display()), e))?;
         let mut txn = db
@@ -198,6 +202,43 @@ impl EmbeddedStore {
             .await
             .map_err(backend("joining a store task"))?
     }
+}
+
+fn builder() -> redb::Builder {
+    let mut b = Database::builder();
+    // The v3 format is what redb 3 and later read, so a later upgrade keeps the file.
+    b.create_with_file_format_v3(true);
+    b
+}
+
+/// Creates an empty database at `path` as one step: a process killed while redb writes a new
+/// file's first pages leaves a file no later open can read, so the file is made under another
+/// name, synced, and renamed into place (a leftover of an earlier attempt is replaced).
+fn create_whole(path: &Path) -> Result<(), StoreError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let io = |what: &str| {
+        let what = format!("{what} {}", tmp.display());
+        move |e| StoreError::backend(what, e)
+    };
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("removing the leftover")(e)),
+    }
+    let created = builder().create(&tmp);
+    drop(created.map_err(|e| StoreError::backend(format!("creating {}", tmp.display()), e))?);
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io("syncing"))?;
+    std::fs::rename(&tmp, path).map_err(io("moving into place"))?;
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing the directory of"))?;
+    }
+    Ok(())
 }
 
 /// Deletes those of `keys` that exist, at a new revision (none if no key exists), inside `txn`;
@@ -379,9 +420,16 @@ impl Inner {
     fn drain(mut committer: Committer) {
         loop {
             let group = std::mem::take(&mut committer.inner.queue().pending);
+            // One durable batch makes the whole group's transaction durable; a group of
+            // relaxed batches only is committed without fsync.
+            let durability = if group.iter().any(|p| p.durable) {
+                Durability::Immediate
+            } else {
+                Durability::None
+            };
             let (ops, replies): (Vec<_>, Vec<_>) =
                 group.into_iter().map(|p| (p.ops, p.reply)).unzip();
-            let results = committer.inner.apply_group(ops);
+            let results = committer.inner.apply_group(ops, durability);
             let last = {
                 let mut queue = committer.inner.queue();
                 let last = queue.pending.is_empty();
@@ -408,7 +456,11 @@ impl Inner {
 
     /// Applies `batches` in order, each at its own revision, in as few transactions as
     /// possible (one, unless the shared transaction fails); one result per batch.
-    fn apply_group(&self, batches: Vec<Vec<Op>>) -> Vec<Result<Revision, StoreError>> {
+    fn apply_group(
+        &self,
+        batches: Vec<Vec<Op>>,
+        durability: Durability,
+    ) -> Vec<Result<Revision, StoreError>> {
         let _guard = self.write_guard();
         let now = Instant::now();
         let mut leases = self.leases();
@@ -428,21 +480,21 @@ impl Inner {
             return batches
                 .into_iter()
                 .map(|ops| {
-                    self.commit(vec![ops], &mut leases, now)
+                    self.commit(vec![ops], &mut leases, now, durability)
                         .and_then(|mut r| r.remove(0))
                 })
                 .collect();
         }
         // Kept for the fallback: cloning a few small batches costs far less than their fsync.
         let copies = batches.clone();
-        match self.commit(batches, &mut leases, now) {
+        match self.commit(batches, &mut leases, now, durability) {
             Ok(results) => results,
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "a group commit failed; committing its batches one by one");
                 copies
                     .into_iter()
                     .map(|ops| {
-                        self.commit(vec![ops], &mut leases, now)
+                        self.commit(vec![ops], &mut leases, now, durability)
                             .and_then(|mut r| r.remove(0))
                     })
                     .collect()
@@ -459,12 +511,13 @@ impl Inner {
         batches: Vec<Vec<Op>>,
         leases: &mut LeaseTable,
         now: Instant,
+        durability: Durability,
     ) -> Result<Vec<Result<Revision, StoreError>>, StoreError> {
         let mut txn = self
             .db
             .begin_write()
             .map_err(backend("starting a write transaction"))?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(durability);
         let mut results = Vec::with_capacity(batches.len());
         let mut committed: Vec<Vec<Change>> = Vec::new();
         {
@@ -556,23 +609,17 @@ impl Inner {
     }
 }
 
-#[async_trait]
-impl Store for EmbeddedStore {
-    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let key = key.to_owned();
-        self.blocking(move |inner| inner.get(&key)).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
-        let prefix = prefix.to_owned();
-        self.blocking(move |inner| inner.list(&prefix)).await
-    }
-
-    async fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+impl EmbeddedStore {
+    /// Queues a batch for the group committer and waits for its result.
+    async fn enqueue(&self, ops: Vec<Op>, durable: bool) -> Result<Revision, StoreError> {
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut queue = self.inner.queue();
-            queue.pending.push(Pending { ops, reply });
+            queue.pending.push(Pending {
+                ops,
+                durable,
+                reply,
+            });
             !std::mem::replace(&mut queue.committing, true)
         };
         if lead {
@@ -589,6 +636,29 @@ impl Store for EmbeddedStore {
                 "the committing task ended without an answer",
             )
         })?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |inner| inner.get(&key)).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |inner| inner.list(&prefix)).await
+    }
+
+    async fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        self.enqueue(ops, true).await
+    }
+
+    /// A redb commit without fsync ([`Durability::None`]) unless it shares its group with a
+    /// durable batch; the next durable commit persists it.
+    async fn apply_relaxed(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        self.enqueue(ops, false).await
     }
 
     async fn watch(&self, prefix: &str) -> Result<WatchStream, StoreError> {

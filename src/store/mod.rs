@@ -311,6 +311,19 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Applies `ops` atomically and returns the new revision (the current one if `ops` is empty).
     async fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError>;
 
+    /// [`apply`](Store::apply), except that it may return before the batch is durable: it is
+    /// applied (visible to every read and watch) at once, but a crash or power loss may lose it,
+    /// together with the relaxed batches after it. It is never torn, and it is never lost once a
+    /// later [`apply`](Store::apply) returned: stores keep batches in order, so a durable batch
+    /// makes every earlier one durable.
+    ///
+    /// For writes whose loss a caller can recover from (the controller's "this operation
+    /// completed" marks: after a crash it finds the operation's kernel objects and rolls it
+    /// forward). [`EmbeddedStore`] then skips the fsync; the default is [`apply`](Store::apply).
+    async fn apply_relaxed(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        self.apply(ops).await
+    }
+
     /// Watches every key starting with `prefix`, from now on.
     ///
     /// Every change committed after this returns is delivered. The local stores end the stream

@@ -8,6 +8,7 @@
 //!   namespace.
 //! - [`nft`]: nftables over netfilter netlink (tables, chains, rules, sets and maps, applied in
 //!   atomic batches), through an [`NftHandle`] bound to one namespace.
+//! - [`events`]: change notifications (nftables objects and links deleted) of one namespace.
 //! - [`icmp`]: ICMP and ICMPv6 echo probes, optionally with DF set (the overlay diagnosis's
 //!   path checks, the lab's ping).
 //! - [`error`]: the typed errors every kernel operation returns.
@@ -16,6 +17,7 @@
 //! links, addresses, routes and firewall rules.
 
 pub mod error;
+pub mod events;
 pub mod icmp;
 pub mod netns;
 pub mod nft;

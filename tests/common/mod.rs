@@ -161,3 +161,43 @@ impl World {
             .map(|g| g.to_string())
     }
 }
+
+/// A small deterministic generator (xorshift), so a failure can be replayed from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// What a sandbox's namespace holds, as `ip -4 addr` and `ip -4 route` show it: each interface
+/// but `lo` with its IPv4 addresses (`("eth0", "172.18.0.2/16")`), and the number of IPv4
+/// default routes.
+pub async fn ipv4_view(ns: &NetNs) -> (std::collections::BTreeSet<(String, String)>, usize) {
+    let h = Handle::in_netns(ns).await.unwrap();
+    let mut got = std::collections::BTreeSet::new();
+    for l in h.link().list().await.unwrap() {
+        if l.name == "lo" {
+            continue;
+        }
+        for a in h.address().list_on(l.index).await.unwrap() {
+            if a.addr.is_ipv4() {
+                got.insert((l.name.clone(), a.addr.to_string()));
+            }
+        }
+    }
+    let defaults = h
+        .route()
+        .list(IpVersion::V4)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.dst.prefix() == 0)
+        .count();
+    (got, defaults)
+}

@@ -67,6 +67,15 @@
 //! }
 //! ```
 //!
+//! # Drift
+//!
+//! Someone may flush the ruleset or edit wharf's tables. [`Firewall::restore`] (called by the
+//! driver's reconcile, so by `Controller::reconcile` and at every start) compares the kernel's
+//! tables with what the networks and endpoints need and writes only the difference: the base
+//! chains when their rules are gone or differ, and missing elements, in one transaction; at
+//! start it also deletes elements nothing needs. Rules and elements that are right keep their
+//! handles, so traffic that flows is not disturbed.
+//!
 //! # Choices, and where they differ from Docker 20.10
 //!
 //! - **Isolation by interface, one rule.** Docker needs two chains per pair of networks
@@ -852,6 +861,121 @@ impl Firewall {
             Err(e) if e.is_not_found() => Ok(()),
             other => other,
         }
+    }
+
+    /// Makes wharf's tables serve exactly `networks`, the published `ports` and the
+    /// `isolated` bridge ports (host ends of icc-off endpoints): the static ruleset is
+    /// recreated or rewritten if it is gone or differs (someone flushed the ruleset), and every
+    /// missing element is added, in one transaction after the base. With `prune`, elements
+    /// that nothing needs (left by a crash) are deleted in the same transaction; the caller
+    /// makes sure no endpoint is being attached meanwhile. Elements and rules that are right
+    /// stay as they are, so established traffic is not disturbed.
+    pub async fn restore(
+        &self,
+        networks: &[FwNetwork],
+        ports: &[FwPort],
+        isolated: &[String],
+        prune: bool,
+    ) -> SysResult<()> {
+        let _guard = self.lock.lock().await;
+        let context = || "restoring wharf's firewall".to_owned();
+        let nft = self.nft().await?;
+        if networks.is_empty() {
+            // No bridge network, no tables: a crash may have left them behind.
+            if prune {
+                let tables = nft.list_tables().await.map_err(|e| e.within(context()))?;
+                let mut b = Batch::new();
+                for t in [table(), bridge_table()] {
+                    if tables.contains(&t) {
+                        b.delete_table(&t);
+                    }
+                }
+                if !b.is_empty() {
+                    nft.apply(&b).await.map_err(|e| e.within(context()))?;
+                }
+            }
+            return Ok(());
+        }
+        self.verified.store(false, Ordering::Release);
+        let mut b = Batch::new();
+        self.ensure_base(&mut b)
+            .await
+            .map_err(|e| e.within(context()))?;
+        if !b.is_empty() {
+            tracing::warn!("wharf's firewall tables were changed from outside: restoring them");
+            nft.apply(&b).await.map_err(|e| e.within(context()))?;
+        }
+        let mut wanted: Vec<(Set, Vec<Elem>)> = sets()
+            .into_iter()
+            .chain([no_icc_ports()])
+            .map(|s| (s, Vec::new()))
+            .collect();
+        let groups = networks
+            .iter()
+            .flat_map(|n| n.elements())
+            .chain(port_elements(ports))
+            .chain([(
+                no_icc_ports(),
+                isolated.iter().map(|v| Elem::ifname(v.as_str())).collect(),
+            )]);
+        for (s, elems) in groups {
+            let same_set = |w: &Set| w.name == s.name && w.table == s.table;
+            let Some((_, w)) = wanted.iter_mut().find(|(w, _)| same_set(w)) else {
+                continue;
+            };
+            for e in elems {
+                if !w.contains(&e) {
+                    w.push(e);
+                }
+            }
+        }
+        let mut b = Batch::new();
+        let mut restored = 0;
+        for (s, want) in &wanted {
+            let have = nft
+                .list_elements(s)
+                .await
+                .map_err(|e| e.within(context()))?;
+            let same_key = |h: &Elem, w: &Elem| h.key == w.key && h.key_end == w.key_end;
+            // A key mapped elsewhere is replaced (delete, then add, in the same transaction).
+            let wrong: Vec<Elem> = have
+                .iter()
+                .filter(|h| {
+                    want.iter().any(|w| same_key(h, w))
+                        && !want.iter().any(|w| same_key(h, w) && h.data == w.data)
+                })
+                .cloned()
+                .collect();
+            let extra: Vec<Elem> = if prune {
+                have.iter()
+                    .filter(|h| !want.iter().any(|w| same_key(h, w)))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let gone: Vec<Elem> = wrong.iter().chain(&extra).cloned().collect();
+            if !gone.is_empty() {
+                b.delete_elements(s, &gone);
+            }
+            let missing: Vec<Elem> = want
+                .iter()
+                .filter(|w| !have.iter().any(|h| same_key(h, w) && h.data == w.data))
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                restored += missing.len();
+                b.add_elements(s, &missing);
+            }
+        }
+        if !b.is_empty() {
+            if restored > 0 {
+                tracing::info!(elements = restored, "restoring firewall elements");
+            }
+            nft.apply(&b).await.map_err(|e| e.within(context()))?;
+        }
+        self.verified.store(true, Ordering::Release);
+        Ok(())
     }
 }
 

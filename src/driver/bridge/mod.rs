@@ -20,9 +20,11 @@ use async_trait::async_trait;
 
 use super::{
     BridgeOptions, Driver, DriverError, DriverKind, DriverOptions, EndpointInfo, Joined,
-    NetworkInfo, SandboxContext,
+    NetworkInfo, NetworkState, SandboxContext,
 };
-use crate::sys::rtnl::{Handle, LinkChange, LinkSpec, MacAddr, VethPeer, validate_ifname};
+use crate::sys::rtnl::{
+    Handle, LinkChange, LinkKind, LinkSpec, MacAddr, VethPeer, validate_ifname,
+};
 use crate::sys::{SysError, SysErrorKind, sysctl};
 use firewall::{Firewall, FwNetwork, FwPort};
 
@@ -146,44 +148,89 @@ impl Driver for BridgeDriver {
     }
 
     async fn create_network(&self, net: &NetworkInfo) -> Result<(), DriverError> {
-        let opts = options(net)?;
-        let name = bridge_name(net);
+        self.make_bridge(net, true).await
+    }
+
+    async fn network_present(&self, net: &NetworkInfo) -> Result<bool, DriverError> {
+        match self.host.link().get(&bridge_name(net)).await {
+            Ok(l) => Ok(l.kind == Some(LinkKind::Bridge)),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(DriverError::kernel(&net.name)(e)),
+        }
+    }
+
+    async fn endpoint_present(
+        &self,
+        net: &NetworkInfo,
+        ep: &EndpointInfo,
+        sandbox: &SandboxContext,
+    ) -> Result<bool, DriverError> {
+        let kernel = DriverError::kernel(&net.name);
         let links = self.host.link();
-        // A bridge whose MAC address was set keeps it, instead of taking the lowest MAC of its
-        // ports: the kernel then skips recomputing it over every port on each attach.
-        links
-            .add(
-                LinkSpec::bridge(&name)
-                    .mtu(opts.mtu())
-                    .mac(bridge_mac(net))
-                    .up(),
-            )
+        let host_end = match links.get(&host_veth_name(ep)).await {
+            Ok(l) => l,
+            Err(e) if e.is_not_found() => return Ok(false),
+            Err(e) => return Err(kernel(e)),
+        };
+        // Enslaved to its bridge and up: the last things join does on the host side.
+        let bridge = match links.get(&bridge_name(net)).await {
+            Ok(b) => Some(b.index),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(kernel(e)),
+        };
+        if bridge.is_none() || host_end.master != bridge || !host_end.up {
+            return Ok(false);
+        }
+        super::sandbox_side_present(ep, sandbox)
             .await
-            .map_err(DriverError::kernel(&net.name))?;
-        let configured: Result<(), SysError> = async {
-            let bridge = links.get(&name).await?;
-            for s in &net.subnets {
-                if let Some(gw) = s.gateway {
-                    let addr = IpNetwork::new(gw, s.subnet.prefix()).map_err(|_| {
-                        SysError::InvalidArgument {
-                            what: format!("gateway {gw} of {}", s.subnet),
-                        }
-                    })?;
-                    self.host.address().add(bridge.index, addr).await?;
+            .map_err(DriverError::kernel(&net.name))
+    }
+
+    async fn reconcile(&self, networks: &[NetworkState], prune: bool) -> Result<(), DriverError> {
+        let mut fw_networks = Vec::new();
+        let mut ports = Vec::new();
+        let mut isolated = Vec::new();
+        let mut bridges = Vec::new();
+        for n in networks {
+            bridges.push(self.restore_bridge(n).await?);
+            fw_networks.push(FwNetwork::of(&n.info));
+            for ep in &n.endpoints {
+                if is_isolated(&n.info) {
+                    isolated.push(host_veth_name(ep));
+                }
+                if let Ok(p) = FwPort::of_endpoint(&n.info, ep) {
+                    ports.extend(p);
                 }
             }
-            self.enable_forwarding(net, &name).await?;
-            self.firewall.add_network(&FwNetwork::of(net)).await
         }
-        .await;
-        if let Err(e) = configured {
-            // Deleting the bridge takes its addresses with it.
-            if let Err(undo) = links.delete_by_name(&name).await {
-                tracing::warn!(bridge = %name, error = %undo, "rollback of bridge creation failed");
+        let every = |e| DriverError::Kernel {
+            network: "every bridge network".into(),
+            source: e,
+        };
+        if prune {
+            // Host veths on wharf's bridges that no endpoint owns (only wharf plugs `veth…`
+            // ports into its bridges; Docker's veths of the same pattern sit on its own).
+            let owned: Vec<String> = networks
+                .iter()
+                .flat_map(|n| n.endpoints.iter().map(host_veth_name))
+                .collect();
+            let links = self.host.link();
+            for l in links.list().await.map_err(every)? {
+                let on_ours = l.master.is_some_and(|m| bridges.contains(&m));
+                if on_ours && l.name.starts_with("veth") && !owned.contains(&l.name) {
+                    tracing::warn!(veth = %l.name, "deleting a veth no endpoint owns");
+                    match links.delete(l.index).await {
+                        Ok(()) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(every(e)),
+                    }
+                }
             }
-            return Err(DriverError::kernel(&net.name)(e));
         }
-        Ok(())
+        self.firewall
+            .restore(&fw_networks, &ports, &isolated, prune)
+            .await
+            .map_err(every)
     }
 
     async fn delete_network(&self, net: &NetworkInfo) -> Result<(), DriverError> {
@@ -419,6 +466,117 @@ impl Driver for BridgeDriver {
                 short(&ep.id)
             )))
         })
+    }
+}
+
+impl BridgeDriver {
+    /// Creates the network's bridge with its gateway addresses and sysctls, and (if
+    /// `firewall`) adds the network to the firewall; deletes the bridge again on failure.
+    async fn make_bridge(&self, net: &NetworkInfo, firewall: bool) -> Result<(), DriverError> {
+        let opts = options(net)?;
+        let name = bridge_name(net);
+        let links = self.host.link();
+        // A bridge whose MAC address was set keeps it, instead of taking the lowest MAC of its
+        // ports: the kernel then skips recomputing it over every port on each attach.
+        links
+            .add(
+                LinkSpec::bridge(&name)
+                    .mtu(opts.mtu())
+                    .mac(bridge_mac(net))
+                    .up(),
+            )
+            .await
+            .map_err(DriverError::kernel(&net.name))?;
+        let configured: Result<(), SysError> = async {
+            let bridge = links.get(&name).await?;
+            for s in &net.subnets {
+                if let Some(addr) = s.gateway_address()? {
+                    self.host.address().add(bridge.index, addr).await?;
+                }
+            }
+            self.enable_forwarding(net, &name).await?;
+            if firewall {
+                self.firewall.add_network(&FwNetwork::of(net)).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = configured {
+            // Deleting the bridge takes its addresses with it.
+            if let Err(undo) = links.delete_by_name(&name).await {
+                tracing::warn!(bridge = %name, error = %undo, "rollback of bridge creation failed");
+            }
+            return Err(DriverError::kernel(&net.name)(e));
+        }
+        Ok(())
+    }
+
+    /// [`Driver::reconcile`] for one network: the bridge is made again if it is gone (its
+    /// ports were released by the kernel then: they are enslaved again), brought up, given
+    /// back its gateway addresses; the host ends of existing endpoints are enslaved and up,
+    /// with hairpin where ports are published. Endpoints whose veth is gone are left to the
+    /// controller. Returns the bridge's index.
+    async fn restore_bridge(&self, n: &NetworkState) -> Result<u32, DriverError> {
+        let net = &n.info;
+        let kernel = || DriverError::kernel(&net.name);
+        let links = self.host.link();
+        let name = bridge_name(net);
+        let bridge = match links.get(&name).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(bridge = %name, network = %net.name, "bridge is gone: making it again");
+                self.make_bridge(net, false).await?;
+                links.get(&name).await.map_err(kernel())?
+            }
+            Err(e) => return Err(kernel()(e)),
+        };
+        if !bridge.up {
+            links.set_up(bridge.index).await.map_err(kernel())?;
+        }
+        let have: Vec<IpNetwork> = self
+            .host
+            .address()
+            .list_on(bridge.index)
+            .await
+            .map_err(kernel())?
+            .into_iter()
+            .map(|a| a.addr)
+            .collect();
+        for s in &net.subnets {
+            let Some(addr) = s.gateway_address().map_err(kernel())? else {
+                continue;
+            };
+            if !have.contains(&addr) {
+                self.host
+                    .address()
+                    .add(bridge.index, addr)
+                    .await
+                    .map_err(kernel())?;
+            }
+        }
+        for ep in &n.endpoints {
+            let veth = match links.get(&host_veth_name(ep)).await {
+                Ok(v) => v,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(kernel()(e)),
+            };
+            if veth.master != Some(bridge.index) {
+                links
+                    .set_master(veth.index, bridge.index)
+                    .await
+                    .map_err(kernel())?;
+            }
+            if !veth.up {
+                links.set_up(veth.index).await.map_err(kernel())?;
+            }
+            if !ep.ports.is_empty() && !links.hairpin(veth.index).await.unwrap_or(false) {
+                links
+                    .set_hairpin(veth.index, true)
+                    .await
+                    .map_err(kernel())?;
+            }
+        }
+        Ok(bridge.index)
     }
 }
 

@@ -39,7 +39,7 @@ mod chain;
 mod expr;
 mod rule;
 mod set;
-mod socket;
+pub(crate) mod socket;
 mod table;
 
 use std::sync::Arc;
