@@ -1,7 +1,9 @@
 //! Overlay convergence across hosts, in a lab (needs root).
 //!
 //! Two hosts on one underlay, each with its own controller, sharing one cluster store: an
-//! `EmbeddedStore` (redb on disk, every commit fsynced), as a single-node cluster would use.
+//! `EmbeddedStore` (redb on disk, every commit fsynced), or a real etcd on loopback
+//! (`WHARF_BENCH_STORE=etcd cargo bench --features etcd --bench overlay`; Debian's
+//! `etcd-server`).
 //! Host B has a container on the overlay. Each iteration starts a container on host A and
 //! measures, from the start of `connect` on A:
 //!
@@ -59,6 +61,43 @@ async fn programmed(h: &Handle, vxlan: u32, ip: IpAddr) -> bool {
         .any(|n| n.index == vxlan && n.ip == ip && n.state == NeighState::Permanent)
 }
 
+/// Keeps the etcd server of an etcd run alive (it is killed on drop).
+#[derive(Default)]
+struct StoreGuard {
+    #[cfg(feature = "etcd")]
+    _etcd: Option<wharf::lab::etcd::EtcdServer>,
+}
+
+/// The cluster store: a real etcd on loopback when built with `--features etcd` and
+/// `WHARF_BENCH_STORE=etcd`, else an `EmbeddedStore` on disk.
+async fn cluster_store(lab: &Lab) -> (Arc<dyn Store>, StoreGuard) {
+    #[cfg(feature = "etcd")]
+    if std::env::var("WHARF_BENCH_STORE").is_ok_and(|v| v == "etcd") {
+        use wharf::lab::etcd::EtcdServer;
+        use wharf::store::{EtcdOptions, EtcdStore};
+        let server = EtcdServer::start().await.expect("etcd server on loopback");
+        let store = EtcdStore::connect(
+            &server.endpoints(),
+            EtcdOptions::default().with_namespace("wharf-bench/"),
+        )
+        .await
+        .expect("etcd client");
+        println!("cluster store: etcd at {}", server.endpoint());
+        return (
+            Arc::new(store),
+            StoreGuard {
+                _etcd: Some(server),
+            },
+        );
+    }
+    let dir = lab.temp_dir("cluster-store").expect("store dir");
+    let store = EmbeddedStore::open(dir.join("cluster.redb"))
+        .await
+        .expect("cluster store");
+    println!("cluster store: embedded (redb, fsynced)");
+    (Arc::new(store), StoreGuard::default())
+}
+
 fn report(what: &str, mut samples: Vec<Duration>) {
     samples.sort();
     let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
@@ -74,12 +113,7 @@ fn report(what: &str, mut samples: Vec<Duration>) {
 async fn run() {
     let lab = Lab::new();
     let hosts = lab.underlay(&["host-a", "host-b"]).await.expect("underlay");
-    let store_dir = lab.temp_dir("cluster-store").expect("store dir");
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(store_dir.join("cluster.redb"))
-            .await
-            .expect("cluster store"),
-    );
+    let (store, _etcd) = cluster_store(&lab).await;
     let a = controller(
         &lab,
         "host-a",

@@ -57,8 +57,14 @@ async fn two_hundred_tasks_leave_state_and_kernel_in_agreement() {
             }
         }));
     }
-    for t in tasks {
-        t.await.expect("task");
+    // A deadlock must fail the test with a name, not stall the suite: 600 operations take a
+    // few seconds here.
+    let all = futures::future::join_all(tasks);
+    let done = tokio::time::timeout(std::time::Duration::from_secs(120), all)
+        .await
+        .expect("200 tasks did not finish within 120 s: a lock or a commit never came back");
+    for t in done {
+        t.expect("task");
     }
 
     // The controller's view.
