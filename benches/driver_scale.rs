@@ -18,7 +18,10 @@
 //!   created before), divided by 1000: what one endpoint costs the controller (its record, IPAM
 //!   bit, DNS entries and listener, and its share of driver state). Also reported with the
 //!   sandbox itself (its namespace handle and netlink connection). Target (issue 10): under
-//!   16 KiB per endpoint.
+//!   16 KiB per endpoint. An overlay attach makes two endpoints (the overlay's and the one on
+//!   `wharf_gwbridge`). Only the first driver of a run measures memory from a fresh heap: the
+//!   later ones reuse what the earlier ones freed, so run a driver alone
+//!   (`SCALE_DRIVERS=overlay`) for its own figure.
 //!
 //! Sandboxes are created outside the timing. `sudo -E cargo bench --bench driver_scale`;
 //! `SCALE_DRIVERS` (default `bridge,macvlan,overlay`), `SCALE_N` (default 1000) and

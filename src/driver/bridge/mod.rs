@@ -22,10 +22,8 @@ use super::{
     BridgeOptions, Driver, DriverError, DriverKind, DriverOptions, EndpointInfo, Joined,
     NetworkInfo, NetworkState, SandboxContext,
 };
-use crate::sys::rtnl::{
-    Handle, LinkChange, LinkKind, LinkSpec, MacAddr, VethPeer, validate_ifname,
-};
-use crate::sys::{SysError, SysErrorKind, sysctl};
+use crate::sys::rtnl::{Handle, LinkKind, LinkSpec, MacAddr, VethPeer, validate_ifname};
+use crate::sys::{SysError, sysctl};
 use firewall::{Firewall, FwNetwork, FwPort};
 
 /// The bridge device of the default `bridge` network (Docker's is `docker0`; wharf's differs so
@@ -313,7 +311,7 @@ impl Driver for BridgeDriver {
             let link = inside.link().get(&ep.ifname).await?;
             if ep.ipv6.is_none() {
                 // Before it goes up: see `quiet_ipv6`.
-                quiet_ipv6(inside, link.index).await?;
+                super::quiet_ipv6(inside, link.index).await?;
             }
             if let Some(v4) = ep.ipv4 {
                 inside.address().add(link.index, IpNetwork::V4(v4)).await?;
@@ -577,26 +575,6 @@ impl BridgeDriver {
             }
         }
         Ok(bridge.index)
-    }
-}
-
-/// A sandbox interface that gets no IPv6 address gets none from the kernel either: no
-/// link-local address (`addrgenmode none`), so coming up it sends no duplicate address
-/// detection, router solicitation or MLD report. The bridge floods those multicasts to every
-/// port, where each is received by another sandbox's stack, which made an attach cost grow
-/// with the number of ports (8x between the 10th and the 1000th port; docs/BENCHMARKS.md).
-/// Docker turns IPv6 off on such an interface with the `disable_ipv6` sysctl; that takes a
-/// thread in the sandbox's namespace and spins on `rtnl_trylock` while other attaches hold
-/// the lock, so wharf says it over netlink instead. A kernel without IPv6 has nothing to
-/// quiet (`EAFNOSUPPORT`).
-async fn quiet_ipv6(inside: &Handle, index: u32) -> Result<(), SysError> {
-    match inside
-        .link()
-        .set(index, LinkChange::new().no_ipv6_addr_gen())
-        .await
-    {
-        Err(e) if e.kind() == SysErrorKind::NotSupported => Ok(()),
-        other => other,
     }
 }
 

@@ -421,6 +421,10 @@ impl Driver for OverlayDriver {
             Ok(()) => {
                 async {
                     let link = inside.link().get(&ep.ifname).await?;
+                    if ep.ipv6.is_none() {
+                        // Before it goes up: see `quiet_ipv6` (br0 floods like any bridge).
+                        super::quiet_ipv6(inside, link.index).await?;
+                    }
                     if let Some(v4) = ep.ipv4 {
                         inside.address().add(link.index, IpNetwork::V4(v4)).await?;
                     }
