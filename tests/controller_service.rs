@@ -20,6 +20,24 @@ async fn scenario_4_services_over_three_hosts() {
     scenario_4_steps_2_to_4(&c, CONVERGED).await;
 }
 
+/// The same on the embedded on-disk store (redb, fsynced) shared by the three controllers, as a
+/// single-process cluster would run it.
+#[tokio::test]
+async fn scenario_4_services_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<dyn wharf::store::Store> = std::sync::Arc::new(
+        wharf::store::EmbeddedStore::open(dir.path().join("cluster.redb"))
+            .await
+            .unwrap(),
+    );
+    let s = store.clone();
+    let c = Cluster::with_stores(&["manager", "worker-1", "worker-2"], store, move |_| {
+        s.clone()
+    })
+    .await;
+    scenario_4_steps_2_to_4(&c, CONVERGED).await;
+}
+
 #[tokio::test]
 async fn a_published_port_is_reached_through_every_host_and_balanced() {
     let c = Cluster::with_outside(&["manager", "worker-1", "worker-2"]).await;
