@@ -516,29 +516,43 @@ pub async fn sandbox_side_present(
     Ok(wanted.into_iter().all(|w| have.contains(&w)))
 }
 
-/// A sandbox interface (of a driver whose sandboxes hang off a bridge: bridge, overlay) that
-/// gets no IPv6 address gets none from the kernel either: no link-local address
-/// (`addrgenmode none`), so coming up it sends no duplicate address
-/// detection, router solicitation or MLD report. A bridge floods those multicasts to every
-/// port, where each is received by another sandbox's stack, which made an attach cost grow
-/// with the number of ports (8x between the 10th and the 1000th port; docs/BENCHMARKS.md).
-/// Docker turns IPv6 off on such an interface with the `disable_ipv6` sysctl; that takes a
-/// thread in the sandbox's namespace and spins on `rtnl_trylock` while other attaches hold
-/// the lock, so wharf says it over netlink instead. A kernel without IPv6 has nothing to
-/// quiet (`EAFNOSUPPORT`).
-pub(crate) async fn quiet_ipv6(
-    inside: &crate::sys::rtnl::Handle,
-    index: u32,
-) -> Result<(), SysError> {
-    match inside
-        .link()
-        .set(
-            index,
-            crate::sys::rtnl::LinkChange::new().no_ipv6_addr_gen(),
-        )
-        .await
-    {
-        Err(e) if e.kind() == crate::sys::SysErrorKind::NotSupported => Ok(()),
-        other => other,
+/// Configures a sandbox's new interface `ifname` (the container end of a veth, created down)
+/// from inside the sandbox: its endpoint's addresses, then up; returns its index.
+///
+/// An interface that gets no IPv6 address gets none from the kernel either: no link-local
+/// address (`addrgenmode none`, set before it comes up), so coming up it sends no duplicate
+/// address detection, router solicitation or MLD report. A bridge (a bridge network's, an
+/// overlay's `br0`) floods those multicasts to every port, where each is received by another
+/// sandbox's stack, which made an attach cost grow with the number of ports (8x between the
+/// 10th and the 1000th port; docs/BENCHMARKS.md). Docker turns IPv6 off on such an interface
+/// with the `disable_ipv6` sysctl; that takes a thread in the sandbox's namespace and spins on
+/// `rtnl_trylock` while other attaches hold the lock, so wharf says it over netlink instead. A
+/// kernel without IPv6 has nothing to quiet (`EAFNOSUPPORT`).
+pub(crate) async fn configure_sandbox_interface(
+    inside: &Handle,
+    ifname: &str,
+    ep: &EndpointInfo,
+) -> Result<u32, SysError> {
+    let link = inside.link().get(ifname).await?;
+    if ep.ipv6.is_none() {
+        let quiet = inside
+            .link()
+            .set(
+                link.index,
+                crate::sys::rtnl::LinkChange::new().no_ipv6_addr_gen(),
+            )
+            .await;
+        match quiet {
+            Err(e) if e.kind() == crate::sys::SysErrorKind::NotSupported => {}
+            other => other?,
+        }
     }
+    if let Some(v4) = ep.ipv4 {
+        inside.address().add(link.index, IpNetwork::V4(v4)).await?;
+    }
+    if let Some(v6) = ep.ipv6 {
+        inside.address().add(link.index, IpNetwork::V6(v6)).await?;
+    }
+    inside.link().set_up(link.index).await?;
+    Ok(link.index)
 }

@@ -418,24 +418,7 @@ impl Driver for OverlayDriver {
         let inside = &sandbox.handle;
         let configured: Result<u32, SysError> = match added {
             Err(e) => Err(e),
-            Ok(()) => {
-                async {
-                    let link = inside.link().get(&ep.ifname).await?;
-                    if ep.ipv6.is_none() {
-                        // Before it goes up: see `quiet_ipv6` (br0 floods like any bridge).
-                        super::quiet_ipv6(inside, link.index).await?;
-                    }
-                    if let Some(v4) = ep.ipv4 {
-                        inside.address().add(link.index, IpNetwork::V4(v4)).await?;
-                    }
-                    if let Some(v6) = ep.ipv6 {
-                        inside.address().add(link.index, IpNetwork::V6(v6)).await?;
-                    }
-                    inside.link().set_up(link.index).await?;
-                    Ok(link.index)
-                }
-                .await
-            }
+            Ok(()) => super::configure_sandbox_interface(inside, &ep.ifname, ep).await,
         };
         match configured {
             Ok(ifindex) => Ok(Joined {
