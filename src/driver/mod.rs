@@ -519,7 +519,13 @@ pub async fn sandbox_side_present(
 /// Configures a sandbox's new interface `ifname` (the container end of a veth, created down)
 /// from inside the sandbox: its endpoint's addresses, then up; returns its index.
 ///
-/// An interface that gets no IPv6 address gets none from the kernel either: no link-local
+/// With `quiet_ipv6` (the bridge driver), an interface that gets no IPv6 address gets none
+/// from the kernel either. The overlay driver does not ask for it: with its containers'
+/// interfaces quiet, a replica was intermittently unreachable on its `ingress` address from
+/// another host's replica, and the routing mesh failed after a service update, in 2 of 6 runs
+/// of `examples/overlay-service.rs` (0 of 5 without); the cause is not found yet.
+///
+/// Quieting: no link-local
 /// address (`addrgenmode none`, set before it comes up), so coming up it sends no duplicate
 /// address detection, router solicitation or MLD report. A bridge (a bridge network's, an
 /// overlay's `br0`) floods those multicasts to every port, where each is received by another
@@ -532,9 +538,10 @@ pub(crate) async fn configure_sandbox_interface(
     inside: &Handle,
     ifname: &str,
     ep: &EndpointInfo,
+    quiet_ipv6: bool,
 ) -> Result<u32, SysError> {
     let link = inside.link().get(ifname).await?;
-    if ep.ipv6.is_none() {
+    if quiet_ipv6 && ep.ipv6.is_none() {
         let quiet = inside
             .link()
             .set(

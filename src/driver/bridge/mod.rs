@@ -307,7 +307,7 @@ impl Driver for BridgeDriver {
             return Err(DriverError::kernel(&net.name)(e));
         }
         let inside = &sandbox.handle;
-        let configured = super::configure_sandbox_interface(inside, &ep.ifname, ep).await;
+        let configured = super::configure_sandbox_interface(inside, &ep.ifname, ep, true).await;
         match configured {
             Ok(ifindex) => Ok(Joined {
                 ifindex: Some(ifindex),
