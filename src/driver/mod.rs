@@ -516,7 +516,7 @@ pub async fn sandbox_side_present(
     Ok(wanted.into_iter().all(|w| have.contains(&w)))
 }
 
-/// Configures a sandbox's new interface `ifname` (the container end of a veth, created down)
+/// Configures a sandbox's new interface `ep.ifname` (the container end of a veth, created down)
 /// from inside the sandbox: its endpoint's addresses, then up; returns its index.
 ///
 /// With `quiet_ipv6` (the bridge driver), an interface that gets no IPv6 address gets none
@@ -536,11 +536,10 @@ pub async fn sandbox_side_present(
 /// kernel without IPv6 has nothing to quiet (`EAFNOSUPPORT`).
 pub(crate) async fn configure_sandbox_interface(
     inside: &Handle,
-    ifname: &str,
     ep: &EndpointInfo,
     quiet_ipv6: bool,
 ) -> Result<u32, SysError> {
-    let link = inside.link().get(ifname).await?;
+    let link = inside.link().get(&ep.ifname).await?;
     if quiet_ipv6 && ep.ipv6.is_none() {
         let quiet = inside
             .link()

@@ -307,7 +307,8 @@ impl Driver for BridgeDriver {
             return Err(DriverError::kernel(&net.name)(e));
         }
         let inside = &sandbox.handle;
-        let configured = super::configure_sandbox_interface(inside, &ep.ifname, ep, true).await;
+        // No link-local address for an IPv4-only endpoint: see the helper.
+        let configured = super::configure_sandbox_interface(inside, ep, true).await;
         match configured {
             Ok(ifindex) => Ok(Joined {
                 ifindex: Some(ifindex),

@@ -418,7 +418,10 @@ impl Driver for OverlayDriver {
         let inside = &sandbox.handle;
         let configured: Result<u32, SysError> = match added {
             Err(e) => Err(e),
-            Ok(()) => super::configure_sandbox_interface(inside, &ep.ifname, ep, false).await,
+            Ok(()) => {
+                // Keeps its link-local for now: see the helper.
+                super::configure_sandbox_interface(inside, ep, false).await
+            }
         };
         match configured {
             Ok(ifindex) => Ok(Joined {
