@@ -206,6 +206,40 @@ async fn three_hosts_reach_each_other_with_exactly_the_remote_entries() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 
+    // An IPv4-only overlay gives its containers' interfaces no IPv6 link-local address either
+    // (nothing multicast for br0 to flood to every port when one comes up), and br0 holds each
+    // local container's MAC as a static entry on its veth rather than learning it.
+    let ns = m.wharf().sandbox_netns("m-a").unwrap();
+    let inside = wharf::sys::rtnl::Handle::in_netns(&ns).await.unwrap();
+    let eth0 = inside.link().get("eth0").await.unwrap().index;
+    let v6: Vec<_> = inside
+        .address()
+        .list_on(eth0)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.addr.is_ipv6())
+        .collect();
+    assert!(
+        v6.is_empty(),
+        "IPv6 addresses on an IPv4-only overlay: {v6:?}"
+    );
+    let plane = wharf::sys::NetNs::open(&m.overlay_netns(&net.id)).unwrap();
+    let fdb = wharf::sys::rtnl::Handle::in_netns(&plane)
+        .await
+        .unwrap()
+        .fdb()
+        .list()
+        .await
+        .unwrap();
+    for name in ["m-a", "m-b"] {
+        let mac = m.wharf().endpoint(name, "nginx-net").unwrap().mac;
+        assert!(
+            fdb.iter().any(|e| e.mac == mac && e.master && e.permanent),
+            "no static br0 entry for {name} ({mac}): {fdb:?}"
+        );
+    }
+
     // A disconnect removes the endpoint's entries (and name) on the other hosts.
     w2.wharf().disconnect("w2-b", "nginx-net").await.unwrap();
     converge(&c, &net.id).await.unwrap();
@@ -222,6 +256,53 @@ async fn three_hosts_reach_each_other_with_exactly_the_remote_entries() {
         "only w2-a is remote"
     );
     assert_eq!(w2.entries(&net.id).await.unwrap().len(), 4, "m-a and m-b");
+}
+
+/// An address given up on one host and taken on another keeps its MAC (`02:42` + the IPv4
+/// address): the cluster's allocators reuse released addresses, and a service update moves
+/// replicas between hosts. The new host's `br0` learnt that MAC behind `vxlan0` while it was
+/// remote; it must still deliver it to the local container at once, although that container's
+/// interface sends nothing as it comes up (no IPv6 link-local address, so no DAD or MLD that
+/// would teach the bridge where the MAC is now).
+#[tokio::test]
+async fn an_address_that_moves_to_another_host_is_reached_there_at_once() {
+    let c = Cluster::new(&["host1", "host2"]).await;
+    let (h1, h2) = (c.host("host1"), c.host("host2"));
+    let net = h1
+        .wharf()
+        .create_network(overlay("move-net"))
+        .await
+        .unwrap();
+    // peer first: host2's allocator then knows only its own address, and takes the moving
+    // one below without a conflict.
+    h2.run("peer", "move-net").await;
+    h1.run("stays", "move-net").await;
+    let moving = h1.run("moving", "move-net").await;
+    converge(&c, &net.id).await.unwrap();
+    // peer talks to it: host2's br0 learns its MAC behind vxlan0.
+    assert!(h2.ping("peer", moving).await);
+    let mac = h1.wharf().endpoint("moving", "move-net").unwrap().mac;
+    h1.wharf().delete_sandbox("moving").await.unwrap();
+    converge(&c, &net.id).await.unwrap();
+
+    // The same address, so the same MAC, now on host2.
+    let IpAddr::V4(v4) = moving else {
+        panic!("an IPv4 address")
+    };
+    h2.wharf()
+        .create_sandbox(SandboxSpec::new("moved"))
+        .await
+        .unwrap();
+    let spec = EndpointSpec {
+        ipv4: Some(v4),
+        ..EndpointSpec::default()
+    };
+    let ep = h2.wharf().connect("moved", "move-net", spec).await.unwrap();
+    assert_eq!(ep.mac, mac);
+    converge(&c, &net.id).await.unwrap();
+    // One echo each, no retries: nothing may have to age out first.
+    assert!(h1.ping("stays", moving).await, "from the host it left");
+    assert!(h2.ping("peer", moving).await, "from its new host");
 }
 
 #[tokio::test]

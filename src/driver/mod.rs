@@ -519,15 +519,14 @@ pub async fn sandbox_side_present(
 /// Configures a sandbox's new interface `ep.ifname` (the container end of a veth, created down)
 /// from inside the sandbox: its endpoint's addresses, then up; returns its index.
 ///
-/// With `quiet_ipv6` (the bridge driver), an interface that gets no IPv6 address gets none
-/// from the kernel either. The overlay driver does not ask for it: with its containers'
-/// interfaces quiet, a replica was intermittently unreachable on its `ingress` address from
-/// another host's replica, and the routing mesh failed after a service update, in 2 of 6 runs
-/// of `examples/overlay-service.rs` (0 of 5 without); the cause is not found yet.
+/// With `quiet_ipv6` (the bridge and overlay drivers), an interface that gets no IPv6 address
+/// gets none from the kernel either. Such an interface says nothing until its container does,
+/// so nothing may rely on it announcing itself: the overlay's `br0` is given the container's
+/// MAC as a static entry instead of learning it (see `driver/overlay`; a MAC can come back from
+/// another host, where `br0` learnt it behind `vxlan0`).
 ///
-/// Quieting: no link-local
-/// address (`addrgenmode none`, set before it comes up), so coming up it sends no duplicate
-/// address detection, router solicitation or MLD report. A bridge (a bridge network's, an
+/// Quieting: no link-local address (`addrgenmode none`, set before it comes up), so coming up
+/// it sends no duplicate address detection, router solicitation or MLD report. A bridge (a bridge network's, an
 /// overlay's `br0`) floods those multicasts to every port, where each is received by another
 /// sandbox's stack, which made an attach cost grow with the number of ports (8x between the
 /// 10th and the 1000th port; docs/BENCHMARKS.md). Docker turns IPv6 off on such an interface

@@ -28,6 +28,10 @@
 //!   (IP -> MAC) on `vxlan0`: an ARP request or neighbour solicitation from a container never
 //!   crosses the underlay. Both kinds of entries are [`PeerEntry`]s that the controller hands
 //!   in from the cluster store ([`Driver::peer_add`], [`Driver::peer_remove`]).
+//! - `br0` does not wait to learn a local container's MAC: each join puts a static entry for
+//!   it on the container's veth (a MAC follows its address, which may have been another
+//!   host's a moment ago, and an IPv4-only container's interface has no IPv6 link-local
+//!   address, so it says nothing as it comes up).
 //! - MTU: the underlay device's minus 50 (VXLAN over IPv4) unless the network sets one; the
 //!   containers' interfaces get the same.
 //! - No way out through the overlay: joining gives the sandbox no gateway; the controller routes
@@ -112,6 +116,22 @@ pub fn bridge_mac(net: &NetworkInfo, local: IpAddr) -> MacAddr {
     h.update(local.to_string().as_bytes());
     let d = h.finalize();
     MacAddr([0x02, 0x44, d[0], d[1], d[2], d[3]])
+}
+
+/// The static entry on `br0` that sends frames for a local container's MAC out of its veth
+/// (`port`, the veth's end on `br0`): `bridge fdb replace MAC dev vethX master static`.
+///
+/// A container's MAC is derived from its IPv4 address, and the cluster's allocators hand a
+/// released address out again, on any host (a service update moves every replica). While
+/// the address was another host's, `br0` learnt its MAC behind `vxlan0`; a learnt entry lives
+/// until it ages out (300 s) or the MAC is seen on another port. A container that has said
+/// nothing yet (an interface without an IPv6 link-local address sends no DAD, router
+/// solicitation or MLD as it comes up) would get nothing: `br0` sends its frames to `vxlan0`,
+/// which has no entry for a local MAC, and drops those that come in from `vxlan0` (the port
+/// they arrived on). `replace` moves a learnt entry; a static one is never moved by learning
+/// and goes with its port when the veth is deleted.
+fn local_mac_entry(port: u32, ep: &EndpointInfo) -> FdbEntry {
+    FdbEntry::master(port, ep.mac)
 }
 
 fn ignore_not_found(r: Result<(), SysError>) -> Result<(), SysError> {
@@ -419,8 +439,18 @@ impl Driver for OverlayDriver {
         let configured: Result<u32, SysError> = match added {
             Err(e) => Err(e),
             Ok(()) => {
-                // Keeps its link-local for now: see the helper.
-                super::configure_sandbox_interface(inside, ep, false).await
+                async {
+                    // br0 is told where the container's MAC is, before the container says
+                    // anything: see `local_mac_entry`.
+                    let port = links.get(&veth).await?.index;
+                    plane
+                        .handle
+                        .fdb()
+                        .replace(local_mac_entry(port, ep))
+                        .await?;
+                    super::configure_sandbox_interface(inside, ep, true).await
+                }
+                .await
             }
         };
         match configured {
