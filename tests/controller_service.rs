@@ -4,12 +4,12 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use common::cluster::{Cluster, eventually};
-use common::services::{converged, overlay, scenario_4_steps_2_to_4};
-use wharf::controller::{Error, INGRESS_SANDBOX, ServicePort, ServiceSpec};
+use common::services::{converged, overlay, resolve_all, scenario_4_steps_2_to_4};
+use wharf::controller::{Error, INGRESS_SANDBOX, ServiceInspect, ServicePort, ServiceSpec};
 use wharf::lab::probe;
 
 const CONVERGED: Duration = Duration::from_secs(10);
@@ -263,4 +263,105 @@ async fn a_restarted_host_keeps_its_replicas_and_its_mesh() {
         replies.iter().any(|r| r == "web on worker-1"),
         "{replies:?}"
     );
+}
+
+/// Names on `ingress`, and the mesh after the network swap (scenario 4 step 3 with a published
+/// port). Docker serves no names on `ingress`: a replica's name, the service's and
+/// `tasks.NAME` resolve to the replicas' addresses on the service's own network only. After
+/// `service update` moves the replicas to another network (every one redeployed, addresses
+/// released and taken again, on any host: a MAC that was behind `vxlan0` can come back as a
+/// local replica's), each host's mesh reaches every new replica at once.
+#[tokio::test]
+async fn no_names_on_ingress_and_the_mesh_reaches_every_replica_after_the_swap() {
+    let c = Cluster::with_outside(&["manager", "worker-1", "worker-2"]).await;
+    let m = c.host("manager");
+    for net in ["front", "front-2"] {
+        m.wharf().create_network(overlay(net)).await.unwrap();
+    }
+    let spec = |net: &str| {
+        ServiceSpec::new("web")
+            .replicas(5)
+            .network(net)
+            .publish(ServicePort::tcp(8080, 80))
+    };
+    m.wharf().create_service(spec("front")).await.unwrap();
+    let s = converged(&c, "web", 1, CONVERGED).await;
+    names_resolve_off_ingress(&c, &s).await;
+    // Traffic through the mesh: every host's ingress br0 learns the remote replicas' MACs.
+    mesh_reaches_every_replica(&c, &s).await;
+
+    c.host("worker-1")
+        .wharf()
+        .update_service("web", spec("front-2"))
+        .await
+        .unwrap();
+    let s = converged(&c, "web", 2, CONVERGED).await;
+    names_resolve_off_ingress(&c, &s).await;
+    mesh_reaches_every_replica(&c, &s).await;
+}
+
+/// From every replica, every replica's name (its own too), the service's name and
+/// `tasks.NAME` resolve to the replicas' addresses on the service's network, and to nothing on
+/// `ingress`.
+async fn names_resolve_off_ingress(c: &Cluster, s: &ServiceInspect) {
+    let on_network: BTreeSet<IpAddr> = s.tasks.iter().map(|t| t.addresses[0]).collect();
+    assert_eq!(on_network.len(), s.tasks.len());
+    for from in &s.tasks {
+        for to in &s.tasks {
+            let got = resolve_all(c, &from.node, &from.name, &to.name).await;
+            assert_eq!(got, to.addresses, "{} from {}", to.name, from.name);
+        }
+        for name in [s.name.clone(), format!("tasks.{}", s.name)] {
+            let got: BTreeSet<IpAddr> = resolve_all(c, &from.node, &from.name, &name)
+                .await
+                .into_iter()
+                .collect();
+            assert_eq!(got, on_network, "{name} from {}", from.name);
+        }
+    }
+}
+
+/// Each replica serves its name on port 80; through every host, as many connections in a row
+/// as there are replicas (the mesh's round robin) reach each replica once, each at its first
+/// try.
+async fn mesh_reaches_every_replica(c: &Cluster, s: &ServiceInspect) {
+    let mut servers = Vec::new();
+    for h in &c.hosts {
+        for t in h.wharf().local_tasks() {
+            let ns = h.wharf().sandbox_netns(&t.sandbox).unwrap();
+            let bind: SocketAddr = "0.0.0.0:80".parse().unwrap();
+            servers.push(probe::serve_tcp(&ns, bind, &t.sandbox).await.unwrap());
+        }
+    }
+    let names: BTreeSet<String> = s.tasks.iter().map(|t| t.name.clone()).collect();
+    let (outside, _) = c.outside.as_ref().unwrap();
+    for h in &c.hosts {
+        assert!(
+            eventually(CONVERGED, || async {
+                h.wharf()
+                    .routing_mesh()
+                    .await
+                    .first()
+                    .is_some_and(|p| p.backends.len() == names.len())
+            })
+            .await,
+            "{}'s mesh: {:?}",
+            h.role,
+            h.wharf().routing_mesh().await
+        );
+        let addr = SocketAddr::new(h.addr.into(), 8080);
+        let mut seen = BTreeSet::new();
+        for _ in 0..names.len() {
+            let reply = probe::tcp_connect(outside, addr, Duration::from_secs(1))
+                .await
+                .unwrap_or_else(|e| panic!("v{} port 8080 through {}: {e}", s.version, h.role));
+            seen.insert(reply);
+        }
+        assert_eq!(
+            seen, names,
+            "v{} replicas answering through {}",
+            s.version, h.role
+        );
+    }
+    drop(servers);
 }

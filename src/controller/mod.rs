@@ -1804,8 +1804,9 @@ impl Controller {
     }
 
     /// Tells the resolver about a network, if its sandboxes use the embedded DNS at all: the
-    /// default `bridge` network forwards but has no names; `host` and `none` are not its
-    /// business.
+    /// default `bridge` network forwards but has no names, nor do the egress bridge and
+    /// `ingress` (as on Docker: a replica's name must not answer with its ingress address,
+    /// which only the routing mesh uses); `host` and `none` are not its business.
     fn register_network_dns(&self, net: &NetworkRecord) {
         let info = &net.info;
         if !info.options.kind().needs_addresses() {
@@ -1814,7 +1815,7 @@ impl Controller {
         let dns = NetworkDns {
             internal: info.internal,
             upstreams: None,
-            resolves_names: !is_default_bridge(info) && !is_gwbridge(net),
+            resolves_names: !is_default_bridge(info) && !is_gwbridge(net) && !is_ingress(net),
         };
         let key = NetworkKey {
             id: info.id.clone(),

@@ -45,7 +45,8 @@ pub struct NetworkDns {
     /// (at most three are tried). A sandbox's own upstreams take precedence.
     pub upstreams: Option<Vec<SocketAddr>>,
     /// Whether endpoints on this network are resolvable by name. `false` for Docker's default
-    /// `bridge` network, whose containers have no name resolution but may still forward.
+    /// `bridge` network, whose containers have no name resolution but may still forward (the
+    /// controller also says `false` for its egress bridge and the routing mesh's `ingress`).
     pub resolves_names: bool,
 }
 

@@ -54,7 +54,7 @@ pub async fn converged(c: &Cluster, name: &str, version: u64, within: Duration) 
 }
 
 /// The A records of `name` as a replica's resolver answers them, in answer order.
-async fn resolve_all(c: &Cluster, node: &str, from: &str, name: &str) -> Vec<IpAddr> {
+pub async fn resolve_all(c: &Cluster, node: &str, from: &str, name: &str) -> Vec<IpAddr> {
     let ns = c.host(node).wharf().sandbox_netns(from).unwrap();
     let dns: SocketAddr = "127.0.0.11:53".parse().unwrap();
     probe::dns_query(&ns, dns, name, RecordType::A, Transport::Udp, QUICK)
