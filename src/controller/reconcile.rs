@@ -62,8 +62,8 @@ impl Controller {
             let r = self.records();
             (
                 r.networks.clone(),
-                r.sandboxes.clone(),
-                r.endpoints.values().cloned().collect::<Vec<_>>(),
+                r.sandboxes().clone(),
+                r.endpoints().values().cloned().collect::<Vec<_>>(),
             )
         };
         endpoints.sort_by_key(|e| e.seq);
@@ -106,7 +106,7 @@ impl Controller {
                     key: format!("{KEY_ENDPOINTS}{id}"),
                 }])
                 .await?;
-            self.records_mut().endpoints.remove(id);
+            self.records_mut().remove_endpoint(id);
             return Ok(());
         };
         let driver = self.driver(net.info.options.kind())?;
@@ -126,7 +126,7 @@ impl Controller {
                 let mut active = ep.clone();
                 active.status = Status::Active;
                 self.journal_attached(&active, None).await?;
-                self.records_mut().endpoints.insert(id.clone(), active);
+                self.records_mut().insert_endpoint(active);
             }
             _ => {
                 tracing::info!(sandbox = %sb.name, network = %net.info.name, status = ?ep.status, "removing an interrupted endpoint");
@@ -144,7 +144,7 @@ impl Controller {
                     .await?;
                 self.release_addresses(&net.info, &addresses(&ep.info))
                     .await;
-                self.records_mut().endpoints.remove(id);
+                self.records_mut().remove_endpoint(id);
             }
         }
         Ok(())
@@ -180,7 +180,7 @@ impl Controller {
                 active.status = Status::Active;
                 self.journal_put(KEY_SANDBOXES, &sb.id, &active, false)
                     .await?;
-                self.records_mut().sandboxes.insert(sb.id.clone(), active);
+                self.records_mut().insert_sandbox(active);
                 if let Err(e) = self.write_files(&sb.id) {
                     tracing::warn!(sandbox = %sb.name, error = %e, "writing sandbox files");
                 }
@@ -199,7 +199,7 @@ impl Controller {
                     let _ = std::fs::remove_dir_all(dir);
                 }
                 self.journal_delete(KEY_SANDBOXES, &sb.id, true).await?;
-                self.records_mut().sandboxes.remove(&sb.id);
+                self.records_mut().remove_sandbox(&sb.id);
                 Ok(())
             }
         }
@@ -239,7 +239,7 @@ impl Controller {
                     .filter(|n| local_addresses(&n.info))
                     .map(|n| n.info.id.clone())
                     .collect(),
-                r.endpoints
+                r.endpoints()
                     .values()
                     .flat_map(|e| {
                         addresses(&e.info)
@@ -287,7 +287,7 @@ impl Controller {
         // Then sandbox by sandbox, each under its own lock (connects to others go on).
         let sandboxes: Vec<(String, String)> = self
             .records()
-            .sandboxes
+            .sandboxes()
             .values()
             .map(|s| (s.id.clone(), s.name.clone()))
             .collect();
@@ -313,11 +313,7 @@ impl Controller {
                 by_kind.entry(*kind).or_default();
             }
             for net in r.networks.values() {
-                let mut endpoints: Vec<&EndpointRecord> = r
-                    .endpoints
-                    .values()
-                    .filter(|e| e.network_id == net.info.id)
-                    .collect();
+                let mut endpoints: Vec<&EndpointRecord> = r.endpoints_on(&net.info.id).collect();
                 endpoints.sort_by_key(|e| e.seq);
                 by_kind
                     .entry(net.info.options.kind())
@@ -342,7 +338,7 @@ impl Controller {
     async fn repair_sandbox(&self, id: &str) -> Result<()> {
         let (sb, endpoints) = {
             let r = self.records();
-            let Some(sb) = r.sandboxes.get(id).cloned() else {
+            let Some(sb) = r.sandboxes().get(id).cloned() else {
                 return Ok(());
             };
             let eps: Vec<(EndpointRecord, NetworkRecord)> = r
@@ -438,7 +434,7 @@ impl Controller {
                     value: records::encode(&new)?,
                 }])
                 .await?;
-            self.records_mut().sandboxes.insert(new.id.clone(), new);
+            self.records_mut().insert_sandbox(new);
         }
         Ok(())
     }
