@@ -521,9 +521,9 @@ pub async fn sandbox_side_present(
 ///
 /// With `quiet_ipv6` (the bridge and overlay drivers), an interface that gets no IPv6 address
 /// gets none from the kernel either. Such an interface says nothing until its container does,
-/// so nothing may rely on it announcing itself: the overlay's `br0` is given the container's
-/// MAC as a static entry instead of learning it (see `driver/overlay`; a MAC can come back from
-/// another host, where `br0` learnt it behind `vxlan0`).
+/// so nothing may rely on it announcing itself: the overlay's join makes `br0` forget where it
+/// learnt the container's MAC (see `driver/overlay`; a MAC can come back from another host,
+/// where `br0` learnt it behind `vxlan0`).
 ///
 /// Quieting: no link-local address (`addrgenmode none`, set before it comes up), so coming up
 /// it sends no duplicate address detection, router solicitation or MLD report. A bridge (a bridge network's, an

@@ -28,10 +28,10 @@
 //!   (IP -> MAC) on `vxlan0`: an ARP request or neighbour solicitation from a container never
 //!   crosses the underlay. Both kinds of entries are [`PeerEntry`]s that the controller hands
 //!   in from the cluster store ([`Driver::peer_add`], [`Driver::peer_remove`]).
-//! - `br0` does not wait to learn a local container's MAC: each join puts a static entry for
-//!   it on the container's veth (a MAC follows its address, which may have been another
-//!   host's a moment ago, and an IPv4-only container's interface has no IPv6 link-local
-//!   address, so it says nothing as it comes up).
+//! - A join makes `br0` forget what it learnt about the container's MAC behind `vxlan0` (a MAC
+//!   follows its address, which may have been another host's a moment ago, and an IPv4-only
+//!   container's interface has no IPv6 link-local address, so it says nothing as it comes up
+//!   to correct it).
 //! - MTU: the underlay device's minus 50 (VXLAN over IPv4) unless the network sets one; the
 //!   containers' interfaces get the same.
 //! - No way out through the overlay: joining gives the sandbox no gateway; the controller routes
@@ -118,20 +118,26 @@ pub fn bridge_mac(net: &NetworkInfo, local: IpAddr) -> MacAddr {
     MacAddr([0x02, 0x44, d[0], d[1], d[2], d[3]])
 }
 
-/// The static entry on `br0` that sends frames for a local container's MAC out of its veth
-/// (`port`, the veth's end on `br0`): `bridge fdb replace MAC dev vethX master static`.
+/// What `br0` may still have learnt about a local container's MAC from the other hosts: an
+/// entry for the MAC on `vxlan0`'s port, deleted by the container's join
+/// (`bridge fdb del MAC dev vxlan0 master`; absent is fine).
 ///
 /// A container's MAC is derived from its IPv4 address, and the cluster's allocators hand a
-/// released address out again, on any host (a service update moves every replica). While
-/// the address was another host's, `br0` learnt its MAC behind `vxlan0`; a learnt entry lives
-/// until it ages out (300 s) or the MAC is seen on another port. A container that has said
-/// nothing yet (an interface without an IPv6 link-local address sends no DAD, router
-/// solicitation or MLD as it comes up) would get nothing: `br0` sends its frames to `vxlan0`,
-/// which has no entry for a local MAC, and drops those that come in from `vxlan0` (the port
-/// they arrived on). `replace` moves a learnt entry; a static one is never moved by learning
-/// and goes with its port when the veth is deleted.
-fn local_mac_entry(port: u32, ep: &EndpointInfo) -> FdbEntry {
-    FdbEntry::master(port, ep.mac)
+/// released address out again, on any host (a service update moves every replica). While the
+/// address was another host's, `br0` learnt its MAC behind `vxlan0`; a learnt entry lives until
+/// it ages out (300 s) or the MAC is seen on another port. A container that has said nothing
+/// yet (an interface without an IPv6 link-local address sends no DAD, router solicitation or
+/// MLD as it comes up) would get nothing: `br0` sends its frames to `vxlan0`, which has no
+/// entry for a local MAC, and drops those that come in from `vxlan0` (the port they arrived
+/// on). Without the entry, `br0` floods the container's first frames, which reaches its veth,
+/// and learns the veth from its first answer. (The old owner's interface is gone before its
+/// address is released, so nothing sends from that MAC on the far side any more.) Writing the
+/// veth instead is not possible yet (the kernel refuses a learnt-like entry on a port that is
+/// not forwarding, and the veth forwards only once the container's side is up), and a static
+/// entry costs every later port on the bridge: the kernel syncs static entries with each port
+/// added (the 1000th overlay attach took ~2 ms longer with one per container).
+fn learnt_remote_entry(vxlan_port: u32, ep: &EndpointInfo) -> FdbEntry {
+    FdbEntry::master(vxlan_port, ep.mac)
 }
 
 fn ignore_not_found(r: Result<(), SysError>) -> Result<(), SysError> {
@@ -440,14 +446,10 @@ impl Driver for OverlayDriver {
             Err(e) => Err(e),
             Ok(()) => {
                 async {
-                    // br0 is told where the container's MAC is, before the container says
-                    // anything: see `local_mac_entry`.
-                    let port = links.get(&veth).await?.index;
-                    plane
-                        .handle
-                        .fdb()
-                        .replace(local_mac_entry(port, ep))
-                        .await?;
+                    // br0 forgets where the other hosts had this MAC: see
+                    // `learnt_remote_entry`.
+                    let stale = learnt_remote_entry(plane.vxlan, ep);
+                    ignore_not_found(plane.handle.fdb().delete(stale).await)?;
                     super::configure_sandbox_interface(inside, ep, true).await
                 }
                 .await
