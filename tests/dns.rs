@@ -727,7 +727,7 @@ async fn a_slow_forward_does_not_hold_up_the_next_query_on_a_tcp_connection() {
         })
         .await
         .unwrap();
-    let (first, at) = &replies[0];
+    let (first, _) = &replies[0];
     assert_eq!(
         first.id(),
         2,
