@@ -26,6 +26,7 @@ use super::journal::{addresses, local_addresses};
 use super::model::{EndpointRecord, NetworkRecord, SandboxRecord, Status, StoredNamespace};
 use super::{Controller, KEY_ENDPOINTS, KEY_NETWORKS, KEY_SANDBOXES, Result, records};
 use crate::driver::bridge::{bridge_name, firewall};
+use crate::driver::overlay;
 use crate::driver::{DriverKind, NetworkState, SandboxContext};
 use crate::store::Op;
 use crate::sys::NetNs;
@@ -88,12 +89,8 @@ impl Controller {
     ) -> Result<()> {
         let id = &ep.info.id;
         if !networks.contains_key(&ep.network_id) && self.cluster().is_some() {
-            // A cluster network lives in the cluster store, learnt after this (its endpoints'
-            // peers are resynchronised with the kernel then, see `cluster.rs`). Its interrupted
-            // attaches and detaches are not recovered yet: the record stays as it is.
-            if ep.status != Status::Active {
-                tracing::warn!(endpoint = %id, status = ?ep.status, "an interrupted operation on a cluster network is left as it is");
-            }
+            // A cluster network lives in the cluster store, learnt after this: its endpoints
+            // are recovered once the cluster's records are listed (`recover_cluster_journal`).
             return Ok(());
         }
         let (Some(net), Some(sb)) = (networks.get(&ep.network_id), sandboxes.get(&ep.sandbox_id))
@@ -148,6 +145,192 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// The second recovery pass at open, for endpoints of cluster networks, once the cluster
+    /// watcher's first listing made those networks known (called by `start_cluster`, before
+    /// this host's endpoint records are published again). The same decisions as
+    /// [`Controller::recover_journal`], plus the cluster's share:
+    /// - a `pending` endpoint whose kernel objects all exist is rolled forward (its
+    ///   [`super::ClusterEndpoint`] record is then published with the others);
+    /// - a `pending` one with only some of them, a `removing` one, and one whose sandbox or
+    ///   network is gone are rolled back or finished: record withdrawn from the cluster store,
+    ///   remnants deleted (the network's data plane with its last local endpoint), its cluster
+    ///   addresses released if they are still its own, local record deleted;
+    /// - an `active` one whose interfaces are gone while its sandbox lives is joined again (and
+    ///   the network's peer entries programmed from the kernel);
+    /// - then every sandbox's egress-bridge endpoint is made to agree with its overlays (one
+    ///   if and only if it is on a non-internal overlay), records and addresses this node left
+    ///   in the cluster store without a local endpoint are removed, and the data-plane
+    ///   namespace of a cluster network with no local endpoint is deleted.
+    pub(super) async fn recover_cluster_journal(&self) -> Result<()> {
+        if self.cluster().is_none() {
+            return Ok(());
+        }
+        let mut endpoints: Vec<EndpointRecord> = {
+            let r = self.records();
+            r.endpoints
+                .values()
+                .filter(|e| {
+                    r.networks
+                        .get(&e.network_id)
+                        .is_none_or(|n| n.info.options.kind().is_cluster_scoped())
+                })
+                .cloned()
+                .collect()
+        };
+        endpoints.sort_by_key(|e| e.seq);
+        for ep in &endpoints {
+            self.recover_cluster_endpoint(ep).await?;
+        }
+        self.settle_egress_endpoints().await?;
+        self.remove_cluster_orphans().await?;
+        self.remove_unused_planes().await;
+        Ok(())
+    }
+
+    async fn recover_cluster_endpoint(&self, ep: &EndpointRecord) -> Result<()> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(());
+        };
+        let id = &ep.info.id;
+        let (net, sb) = {
+            let r = self.records();
+            (
+                r.networks.get(&ep.network_id).cloned(),
+                r.sandboxes.get(&ep.sandbox_id).cloned(),
+            )
+        };
+        let Some(net) = net else {
+            // Deleted from the cluster store (possible while no host had published an endpoint
+            // on it): nothing here can use the endpoint; its data plane, if any, stays.
+            tracing::warn!(endpoint = %id, network = %ep.network_id, "endpoint of a cluster network that no longer exists: removing its record");
+            self.forget_cluster_endpoint(ep, &ep.network_id).await?;
+            return Ok(());
+        };
+        let info = &net.info;
+        let driver = self.driver(info.options.kind())?;
+        let ctx = sb.as_ref().and_then(|sb| self.sandbox_context(sb));
+        let gone = ep.status == Status::Removing
+            || sb.as_ref().is_none_or(|sb| sb.status == Status::Removing);
+        let present = match (&ctx, gone) {
+            (Some(ctx), false) => driver.endpoint_present(info, &ep.info, ctx).await?,
+            _ => false,
+        };
+        let sb_name = sb.as_ref().map_or("", |s| s.name.as_str());
+        let mut guard = cluster.lock(&info.id).await;
+        match (ep.status, present, &ctx) {
+            (Status::Active, true, _) if !gone => {}
+            // Its namespace is gone: kept until disconnected, as for local networks.
+            (Status::Active, false, None) if !gone => {}
+            (Status::Active, false, Some(ctx)) if !gone => {
+                tracing::warn!(sandbox = %sb_name, network = %info.name, "endpoint incomplete: joining it again");
+                self.rejoin(info, ep, ctx).await?;
+                self.cluster_rejoined(&mut guard, &info.id).await;
+            }
+            (Status::Pending, true, _) if !gone => {
+                tracing::info!(sandbox = %sb_name, network = %info.name, "rolling an interrupted attach forward");
+                let mut active = ep.clone();
+                active.status = Status::Active;
+                self.journal_attached(&active, None).await?;
+                self.records_mut().endpoints.insert(id.clone(), active);
+            }
+            _ => {
+                tracing::info!(sandbox = %sb_name, network = %info.name, status = ?ep.status, "removing an interrupted endpoint");
+                // As a disconnect does: withdrawn first, so the others stop sending to it.
+                self.withdraw_endpoint(&info.id, id).await?;
+                let _ = driver.revoke_external_connectivity(info, &ep.info).await;
+                driver.leave_sandbox(info, &ep.info, ctx.as_ref()).await?;
+                self.forget_cluster_endpoint(ep, &info.id).await?;
+                self.inner
+                    .resolver
+                    .remove_endpoint(&info.id, &ep.sandbox_id);
+                self.cluster_left(&mut guard, &info.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of a cluster endpoint's rollback: its record withdrawn (again: idempotent), its
+    /// cluster addresses released while still its own, its local record deleted.
+    async fn forget_cluster_endpoint(&self, ep: &EndpointRecord, network_id: &str) -> Result<()> {
+        let id = &ep.info.id;
+        self.withdraw_endpoint(network_id, id).await?;
+        self.release_owned_addresses(network_id, id, &addresses(&ep.info))
+            .await;
+        self.inner
+            .store
+            .apply(vec![Op::Delete {
+                key: format!("{KEY_ENDPOINTS}{id}"),
+            }])
+            .await?;
+        self.records_mut().endpoints.remove(id);
+        Ok(())
+    }
+
+    /// Makes every sandbox's egress-bridge endpoint agree with its overlays after recovery: a
+    /// crash between an overlay's connect or disconnect and the egress bridge's (they are two
+    /// operations, each journalled) leaves a sandbox on a non-internal overlay without its way
+    /// out, or one on the egress bridge with no overlay left.
+    async fn settle_egress_endpoints(&self) -> Result<()> {
+        let mut sandboxes: Vec<SandboxRecord> =
+            self.records().sandboxes.values().cloned().collect();
+        sandboxes.sort_by(|a, b| a.name.cmp(&b.name));
+        for sb in sandboxes {
+            let lock = self.sandbox_lock(&sb.name);
+            let _guard = lock.lock().await;
+            let needs = self.needs_gwbridge(&sb.id);
+            match self.gwbridge_endpoint(&sb.id) {
+                None if needs && self.sandbox_context(&sb).is_some() => {
+                    tracing::info!(sandbox = %sb.name, "joining the egress bridge an interrupted connect did not reach");
+                    self.ensure_gwbridge().await?;
+                    self.connect_locked(&sb.id, super::GWBRIDGE_NETWORK, Default::default())
+                        .await?;
+                }
+                Some(ep) if !needs => {
+                    tracing::info!(sandbox = %sb.name, "leaving the egress bridge an interrupted disconnect did not");
+                    self.disconnect_locked(&ep).await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the data-plane namespace of every cluster network that has no local endpoint
+    /// (left by a first attach whose rollback found the plane half made, so the driver's leave
+    /// did not recognise it). Best effort: failures are logged.
+    async fn remove_unused_planes(&self) {
+        let Ok(named) = NetNs::list_named() else {
+            return;
+        };
+        let unused: Vec<crate::driver::NetworkInfo> = {
+            let r = self.records();
+            r.networks
+                .values()
+                .filter(|n| n.info.options.kind() == DriverKind::Overlay)
+                .filter(|n| !r.endpoints.values().any(|e| e.network_id == n.info.id))
+                .map(|n| n.info.clone())
+                .collect()
+        };
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        for info in unused {
+            let name = overlay::netns_name(&self.inner.config.netns_prefix, &info);
+            if !named.contains(&name) {
+                continue;
+            }
+            let _guard = cluster.lock(&info.id).await;
+            tracing::info!(network = %info.name, netns = %name, "deleting the data plane of an overlay without local endpoints");
+            let deleted = match self.driver(info.options.kind()) {
+                Ok(driver) => driver.delete_network(&info).await.map_err(Into::into),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = deleted {
+                tracing::warn!(network = %info.name, error = %e, "deleting an unused overlay data plane");
+            }
+        }
     }
 
     /// Joins an endpoint whose kernel objects are (partly) gone again, as it was: remnants
@@ -357,9 +540,20 @@ impl Controller {
         };
         for (ep, net) in &endpoints {
             let driver = self.driver(net.info.options.kind())?;
+            // A cluster network's joins are ordered by its lock, and a rejoin may make its
+            // data plane anew: its peer entries are then programmed from the kernel.
+            let mut cluster_guard = match self.cluster() {
+                Some(c) if net.info.options.kind().is_cluster_scoped() => {
+                    Some(c.lock(&net.info.id).await)
+                }
+                _ => None,
+            };
             if !driver.endpoint_present(&net.info, &ep.info, &ctx).await? {
                 tracing::warn!(sandbox = %sb.name, network = %net.info.name, "endpoint incomplete: joining it again");
                 self.rejoin(&net.info, ep, &ctx).await?;
+                if let Some(guard) = cluster_guard.as_mut() {
+                    self.cluster_rejoined(guard, &net.info.id).await;
+                }
             }
         }
         self.fix_default_routes(&sb, &endpoints, &ctx).await
