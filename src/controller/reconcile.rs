@@ -97,14 +97,7 @@ impl Controller {
         else {
             // Its network or sandbox record is gone: nothing can use it.
             tracing::warn!(endpoint = %id, "endpoint without its network or sandbox: removing its record");
-            self.inner
-                .store
-                .apply(vec![Op::Delete {
-                    key: format!("{KEY_ENDPOINTS}{id}"),
-                }])
-                .await?;
-            self.records_mut().endpoints.remove(id);
-            return Ok(());
+            return self.delete_endpoint_record(id).await;
         };
         let driver = self.driver(net.info.options.kind())?;
         let ctx = self.sandbox_context(sb);
@@ -258,6 +251,11 @@ impl Controller {
         self.withdraw_endpoint(network_id, id).await?;
         self.release_owned_addresses(network_id, id, &addresses(&ep.info))
             .await;
+        self.delete_endpoint_record(id).await
+    }
+
+    /// Deletes an endpoint's record, durably, and forgets it.
+    async fn delete_endpoint_record(&self, id: &str) -> Result<()> {
         self.inner
             .store
             .apply(vec![Op::Delete {

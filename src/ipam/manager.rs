@@ -600,6 +600,16 @@ impl Ipam {
         format!("{}addrs/{network_id}/{ip}", self.inner.prefix)
     }
 
+    /// The network id and address of an address key.
+    fn parse_addr_key<'k>(&self, key: &'k str) -> Result<(&'k str, IpAddr), IpamError> {
+        let rest = key.strip_prefix(&self.addrs_prefix()).unwrap_or_default();
+        let (network_id, ip) = rest
+            .split_once('/')
+            .ok_or_else(|| corrupt(key, "malformed address key"))?;
+        let ip: IpAddr = ip.parse().map_err(|_| corrupt(key, "malformed address"))?;
+        Ok((network_id, ip))
+    }
+
     fn table_key(&self) -> String {
         format!("{}subnet-table", self.inner.prefix)
     }
@@ -627,15 +637,8 @@ impl Ipam {
             state.insert(make_entry(lease, self.inner.options.mode)?);
         }
         let mut orphans = Vec::new();
-        let addrs_prefix = self.addrs_prefix();
         for kv in addrs {
-            let rest = kv.key.strip_prefix(&addrs_prefix).unwrap_or_default();
-            let (network_id, ip) = rest
-                .split_once('/')
-                .ok_or_else(|| corrupt(&kv.key, "malformed address key"))?;
-            let ip: IpAddr = ip
-                .parse()
-                .map_err(|_| corrupt(&kv.key, "malformed address"))?;
+            let (network_id, ip) = self.parse_addr_key(&kv.key)?;
             match state.entry_for(network_id, ip) {
                 Some(entry) => {
                     if !entry.alloc.restore(ip).unwrap_or(false) {
@@ -1239,17 +1242,8 @@ impl Ipam {
         let Some(kv) = self.inner.store.get(&key).await? else {
             return Ok(false);
         };
-        if kv.revision >= older_than {
+        if kv.revision >= older_than || !self.delete_if_unchanged(key, kv.revision).await? {
             return Ok(false);
-        }
-        let op = Op::DeleteIf {
-            key,
-            expected: kv.revision,
-        };
-        match self.inner.store.apply(vec![op]).await {
-            Ok(_) => {}
-            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => return Ok(false),
-            Err(e) => return Err(e.into()),
         }
         if let Some(entry) = self.state().entry_for(network_id, ip) {
             // Not allocated in this allocator's memory is fine: another host allocated it.
@@ -1277,17 +1271,10 @@ impl Ipam {
         };
         let record: AddressRecord =
             serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e))?;
-        if record.owner.as_deref().is_some_and(|o| o != owner) {
+        if record.owner.as_deref().is_some_and(|o| o != owner)
+            || !self.delete_if_unchanged(key, kv.revision).await?
+        {
             return Ok(false);
-        }
-        let op = Op::DeleteIf {
-            key,
-            expected: kv.revision,
-        };
-        match self.inner.store.apply(vec![op]).await {
-            Ok(_) => {}
-            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => return Ok(false),
-            Err(e) => return Err(e.into()),
         }
         if let Some(entry) = self.state().entry_for(network_id, ip) {
             if !entry.in_flight.contains(&ip) {
@@ -1301,16 +1288,9 @@ impl Ipam {
     /// not from memory), with its owner: what a crash-recovering caller lists to find the
     /// addresses it allocated and no longer uses.
     pub async fn stored_addresses(&self) -> Result<Vec<StoredAddress>, IpamError> {
-        let prefix = self.addrs_prefix();
         let mut out = Vec::new();
-        for kv in self.inner.store.list(&prefix).await? {
-            let rest = kv.key.strip_prefix(&prefix).unwrap_or_default();
-            let (network_id, ip) = rest
-                .split_once('/')
-                .ok_or_else(|| corrupt(&kv.key, "malformed address key"))?;
-            let ip: IpAddr = ip
-                .parse()
-                .map_err(|_| corrupt(&kv.key, "malformed address"))?;
+        for kv in self.inner.store.list(&self.addrs_prefix()).await? {
+            let (network_id, ip) = self.parse_addr_key(&kv.key)?;
             let record: AddressRecord =
                 serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
             out.push(StoredAddress {
@@ -1320,6 +1300,23 @@ impl Ipam {
             });
         }
         Ok(out)
+    }
+
+    /// Deletes an address key if it is still at `revision`; `Ok(false)` if it changed or went.
+    async fn delete_if_unchanged(
+        &self,
+        key: String,
+        revision: Revision,
+    ) -> Result<bool, IpamError> {
+        let op = Op::DeleteIf {
+            key,
+            expected: revision,
+        };
+        match self.inner.store.apply(vec![op]).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The subnets of a network, in request order.

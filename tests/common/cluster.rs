@@ -390,18 +390,7 @@ pub async fn assert_cluster_state(
         "{when}: {node}'s overlay namespaces"
     );
     for (plane, veths) in &wanted_planes {
-        let h = Handle::in_netns(&NetNs::open(plane).unwrap())
-            .await
-            .unwrap();
-        let got: BTreeSet<String> = h
-            .link()
-            .list()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.name)
-            .filter(|n| n.starts_with("veth"))
-            .collect();
+        let got = veths_in(&NetNs::open(plane).unwrap()).await;
         assert_eq!(&got, veths, "{when}: veths in {plane}");
     }
 
@@ -424,15 +413,15 @@ pub async fn assert_cluster_state(
             gw_veths.insert(format!("veth{}", &gw.id[..7]));
         }
     }
-    let h = Handle::in_netns(host).await.unwrap();
-    let got: BTreeSet<String> = h
-        .link()
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|l| l.name)
-        .filter(|n| n.starts_with("veth"))
-        .collect();
+    let got = veths_in(host).await;
     assert_eq!(got, gw_veths, "{when}: veths in {node}'s namespace");
+}
+
+/// The `veth…` links of a namespace.
+async fn veths_in(ns: &NetNs) -> BTreeSet<String> {
+    super::link_names(ns)
+        .await
+        .into_iter()
+        .filter(|n| n.starts_with("veth"))
+        .collect()
 }
