@@ -13,6 +13,13 @@
 //! bridges that no endpoint owns). Objects wharf did not make are never touched: wharf finds
 //! its own by the journal, its own tables and its own bridges, never by a name pattern alone.
 //!
+//! Endpoints of cluster networks wait for a second pass, [`Controller::recover_cluster_journal`],
+//! run once the cluster watcher's first listing made those networks known: the same decisions,
+//! plus withdrawing or publishing the endpoint's record in the cluster store, releasing its
+//! cluster addresses only while they are still its own, making the sandboxes' egress-bridge
+//! endpoints agree with their overlays, and removing what this node left in the cluster store
+//! or as an overlay's data plane without a local endpoint.
+//!
 //! [`Controller::reconcile`] is the public, online version (firewall drift): it restores but
 //! does not prune, under the network lock and each sandbox's lock in turn, so it may run
 //! beside any other call.
