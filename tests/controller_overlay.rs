@@ -1016,11 +1016,22 @@ async fn interrupted_overlay_attaches_and_detaches_are_recovered_at_open() {
     }
     a.run("half", "ov2").await;
     ids.insert("half", a.wharf().sandbox("half").unwrap().id);
+    // empty: the first endpoint of ov3 here, killed inside the namespace's creation (an empty
+    // mount target where the plane's namespace would be).
+    let ov3 = c
+        .host("b")
+        .wharf()
+        .create_network(overlay("ov3"))
+        .await
+        .unwrap();
+    a.run("empty", "ov3").await;
+    ids.insert("empty", a.wharf().sandbox("empty").unwrap().id);
     converge(&c, &ov.id).await.unwrap();
     let forward_ep = a.wharf().endpoint("forward", "ov").unwrap();
     let back_ep = a.wharf().endpoint("back", "ov").unwrap();
     let ns = |name: &str| c.host("a").wharf().sandbox_netns(name).unwrap();
     let (back_ns, rejoin_ns, half_ns) = (ns("back"), ns("rejoin"), ns("half"));
+    let empty_ns = ns("empty");
     let ov2_plane = wharf::sys::NetNs::open(&a.overlay_netns(&ov2.id)).unwrap();
 
     // What a crash of host a leaves, besides those: a cluster address and a cluster record in
@@ -1067,6 +1078,11 @@ async fn interrupted_overlay_attaches_and_detaches_are_recovered_at_open() {
     delete_link(&half_ns, "eth0").await;
     delete_link(&ov2_plane, "vxlan0").await;
     drop(ov2_plane);
+    set_status(a, &ids["empty"], &ov3.id, "pending").await;
+    delete_link(&empty_ns, "eth0").await;
+    let ov3_plane = a.overlay_netns(&ov3.id);
+    wharf::sys::NetNs::delete(&ov3_plane).unwrap();
+    std::fs::write(format!("/run/netns/{ov3_plane}"), b"").unwrap();
     c.start("a").await;
 
     let a = c.host("a");
@@ -1079,7 +1095,12 @@ async fn interrupted_overlay_attaches_and_detaches_are_recovered_at_open() {
             "{name} reaches the other host"
         );
     }
-    for (name, net) in [("back", "ov"), ("removing", "ov"), ("half", "ov2")] {
+    for (name, net) in [
+        ("back", "ov"),
+        ("removing", "ov"),
+        ("half", "ov2"),
+        ("empty", "ov3"),
+    ] {
         assert!(
             w.endpoint(name, net).is_err(),
             "{name} is not connected to {net}"
@@ -1090,6 +1111,10 @@ async fn interrupted_overlay_attaches_and_detaches_are_recovered_at_open() {
         );
     }
     assert!(!a.has_overlay_netns(&ov2.id), "no data plane left for ov2");
+    assert!(
+        !a.has_overlay_netns(&ov3.id),
+        "no namespace file left for ov3"
+    );
     // The other host follows: forward's record is back, back's and the ghost's are gone.
     converge(&c, &ov.id).await.unwrap();
     let b = c.host("b");

@@ -180,6 +180,7 @@ impl Controller {
                 .collect()
         };
         endpoints.sort_by_key(|e| e.seq);
+        self.remove_plane_placeholders();
         for ep in &endpoints {
             self.recover_cluster_endpoint(ep).await?;
         }
@@ -300,6 +301,33 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// Deletes the namespace files of overlay data planes that hold no namespace: a process
+    /// killed inside [`NetNs::create`], between making the mount target and mounting the new
+    /// namespace on it, leaves an empty file that no open accepts (and that would fail every
+    /// later leave and join of the network here). Only the driver's own names for the planes
+    /// of networks this host knows are looked at.
+    fn remove_plane_placeholders(&self) {
+        let Ok(named) = NetNs::list_named() else {
+            return;
+        };
+        let names: Vec<String> = self
+            .records()
+            .networks
+            .values()
+            .filter(|n| n.info.options.kind() == DriverKind::Overlay)
+            .map(|n| overlay::netns_name(&self.inner.config.netns_prefix, &n.info))
+            .filter(|name| named.contains(name))
+            .collect();
+        for name in names {
+            if let Err(crate::sys::SysError::InvalidArgument { .. }) = NetNs::open(&name) {
+                tracing::info!(netns = %name, "deleting the namespace file an interrupted creation left");
+                if let Err(e) = NetNs::delete(&name) {
+                    tracing::warn!(netns = %name, error = %e, "deleting an empty namespace file");
+                }
+            }
+        }
     }
 
     /// Deletes the data-plane namespace of every cluster network that has no local endpoint
