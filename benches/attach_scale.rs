@@ -180,12 +180,19 @@ async fn run(lab: &Lab) {
     report_series("wharf attaches (Controller::connect)", &times);
     println!("load average: {}", loadavg());
     if std::env::var("SCALE_KERNEL").map_or(true, |v| v != "0") {
-        let kernel = kernel_only(lab, n, true).await;
+        let kernel = kernel_only(lab, n, true, false).await;
         report_series(
-            "the kernel layer alone (as the driver does it: addrgenmode none in the container)",
+            "the kernel layer alone (as the driver does it: addrgenmode none in the container, \
+             no multicast snooping)",
             &kernel,
         );
-        let control = kernel_only(lab, n, false).await;
+        let snooping = kernel_only(lab, n, true, true).await;
+        report_series(
+            "control: the kernel layer alone, the bridge with multicast snooping (the kernel's \
+             default)",
+            &snooping,
+        );
+        let control = kernel_only(lab, n, false, false).await;
         report_series(
             "control: the kernel layer alone, the containers' interfaces with IPv6 link-local",
             &control,
@@ -197,8 +204,13 @@ async fn run(lab: &Lab) {
 /// `n` attaches through the kernel layer only, on a bridge of their own; returns each one's time.
 /// With `quiet_ipv6`, the container's interface gets `addrgenmode none` before it goes up, as the
 /// bridge driver does for an endpoint without an IPv6 address.
-async fn kernel_only(lab: &Lab, n: usize, quiet_ipv6: bool) -> Vec<f64> {
-    let tag = if quiet_ipv6 { "k" } else { "x" };
+/// With `snooping`, the bridge keeps the kernel's default IGMP/MLD snooping.
+async fn kernel_only(lab: &Lab, n: usize, quiet_ipv6: bool, snooping: bool) -> Vec<f64> {
+    let tag = match (quiet_ipv6, snooping) {
+        (true, false) => "k",
+        (true, true) => "m",
+        (false, _) => "x",
+    };
     let host_ns = lab
         .namespace(&format!("{tag}host"))
         .await
@@ -211,6 +223,7 @@ async fn kernel_only(lab: &Lab, n: usize, quiet_ipv6: bool) -> Vec<f64> {
             LinkSpec::bridge("kbr0")
                 .mtu(1500)
                 .mac(MacAddr::new([0x02, 0x43, 0, 0, 0, 1]))
+                .multicast_snooping(snooping)
                 .up(),
         )
         .await

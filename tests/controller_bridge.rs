@@ -562,6 +562,56 @@ async fn mtu_option_reaches_the_containers() {
     assert_eq!(h.link().get("eth0").await.unwrap().mtu, 1400);
 }
 
+/// The bridge does no multicast snooping unless the network asks for it (read back from the
+/// kernel with `ip -d link show`).
+#[tokio::test]
+async fn multicast_snooping_follows_the_option() {
+    let w = World::new().await;
+    let snooping = wharf::driver::BridgeOptions {
+        multicast_snooping: Some(true),
+        ..Default::default()
+    };
+    w.network_with("quiet", &["a"]).await;
+    w.wharf
+        .create_network(
+            NetworkSpec::new("snoop").driver(wharf::driver::DriverOptions::Bridge(snooping)),
+        )
+        .await
+        .unwrap();
+    let host = w.host.name().unwrap().to_owned();
+    let mcast_snooping = |bridge: &str| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &host, "-d", "-j", "link", "show", bridge])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["linkinfo"]["info_data"]["mcast_snooping"].as_u64()
+    };
+    let quiet = format!("br-{}", &w.wharf.inspect_network("quiet").unwrap().id[..12]);
+    assert_eq!(mcast_snooping(&quiet), Some(0));
+    assert!(
+        !w.wharf
+            .inspect_network("quiet")
+            .unwrap()
+            .options
+            .contains_key("wharf.bridge.multicast_snooping")
+    );
+    let snoop = format!("br-{}", &w.wharf.inspect_network("snoop").unwrap().id[..12]);
+    assert_eq!(mcast_snooping(&snoop), Some(1));
+    assert_eq!(
+        w.wharf.inspect_network("snoop").unwrap().options["wharf.bridge.multicast_snooping"],
+        "true"
+    );
+    // The neighbour is still found (ARP is a broadcast) and reached.
+    w.run("b", "quiet").await;
+    let a = w.wharf.sandbox_netns("a").unwrap();
+    let b_ip = w.wharf.endpoint("b", "quiet").unwrap().ipv4.unwrap();
+    probe::ping(&a, b_ip.into(), probe::DEFAULT_TIMEOUT)
+        .await
+        .unwrap();
+}
+
 /// `disconnect_many`: a batch of detaches, one result per pair. The bridge veths of the plain
 /// endpoints go as one link group; an endpoint with published ports goes its own way; bad
 /// pairs fail alone and leave the rest detached.

@@ -819,7 +819,7 @@ impl Controller {
     fn forget_network(&self, id: &str) {
         {
             let mut records = self.records_mut();
-            if records.endpoints.values().any(|e| e.network_id == id) {
+            if records.endpoints_on(id).next().is_some() {
                 return;
             }
             records.networks.remove(id);
@@ -929,7 +929,7 @@ impl Controller {
         let networks: BTreeSet<String> = {
             let records = self.records();
             records
-                .endpoints
+                .endpoints()
                 .values()
                 .filter(|e| {
                     records
@@ -946,11 +946,10 @@ impl Controller {
             let local: Vec<ClusterEndpoint> = {
                 let records = self.records();
                 records
-                    .endpoints
-                    .values()
-                    .filter(|e| e.network_id == network_id && e.status == Status::Active)
+                    .endpoints_on(&network_id)
+                    .filter(|e| e.status == Status::Active)
                     .filter_map(|e| {
-                        let sb = records.sandboxes.get(&e.sandbox_id)?;
+                        let sb = records.sandboxes().get(&e.sandbox_id)?;
                         self.cluster_endpoint(&e.network_id, &e.info, &sb.name, &e.aliases)
                     })
                     .collect()
@@ -1045,7 +1044,7 @@ impl Controller {
             return Ok(());
         };
         let node = cluster.config.node.as_str();
-        let held: BTreeSet<String> = self.records().endpoints.keys().cloned().collect();
+        let held: BTreeSet<String> = self.records().endpoints().keys().cloned().collect();
         for kv in cluster.store().list(KEY_C_ENDPOINTS).await? {
             let Ok(ep) = serde_json::from_slice::<ClusterEndpoint>(&kv.value) else {
                 continue;
@@ -1115,11 +1114,7 @@ impl Controller {
     /// After a local endpoint left (lock held): with no local endpoint left, the network's
     /// remote entries are forgotten (the driver removed its data plane) and so are their names.
     pub(crate) fn cluster_left(&self, guard: &mut NetGuard, network_id: &str) {
-        let still_used = self
-            .records()
-            .endpoints
-            .values()
-            .any(|e| e.network_id == network_id);
+        let still_used = self.records().endpoints_on(network_id).next().is_some();
         if still_used {
             return;
         }
@@ -1237,7 +1232,7 @@ impl Controller {
         };
         let local: BTreeSet<String> = self
             .records()
-            .endpoints
+            .endpoints()
             .values()
             .map(|e| e.network_id.clone())
             .collect();

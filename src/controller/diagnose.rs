@@ -288,9 +288,7 @@ impl Controller {
         let local_ns = {
             let records = self.records();
             let sandboxes: Vec<String> = records
-                .endpoints
-                .values()
-                .filter(|e| e.network_id == info.id)
+                .endpoints_on(&info.id)
                 .map(|e| e.sandbox_id.clone())
                 .collect();
             let live = self.live();

@@ -623,9 +623,7 @@ impl Controller {
             undo_ns(&record.namespace).await;
             return Err(e);
         }
-        self.records_mut()
-            .sandboxes
-            .insert(id.clone(), record.clone());
+        self.records_mut().insert_sandbox(record.clone());
         self.live_mut().insert(
             id.clone(),
             Live {
@@ -664,21 +662,21 @@ impl Controller {
         // The intent, durable: a crash from here on ends with the sandbox gone.
         // The in-memory record says so too: the disconnects below write the sandbox's record
         // (its default-route owners) from it.
-        let record = self.records().sandboxes.get(id).cloned();
+        let record = self.records().sandboxes().get(id).cloned();
         if let Some(record) = &record {
             let mut removing = record.clone();
             removing.status = model::Status::Removing;
             self.journal_put(KEY_SANDBOXES, id, &removing, true).await?;
-            self.records_mut().sandboxes.insert(id.to_owned(), removing);
+            self.records_mut().insert_sandbox(removing);
         }
         let kept = async || {
-            let current = self.records().sandboxes.get(id).cloned();
+            let current = self.records().sandboxes().get(id).cloned();
             if let Some(mut current) = current {
                 current.status = model::Status::Active;
                 if let Err(e) = self.journal_put(KEY_SANDBOXES, id, &current, false).await {
                     tracing::warn!(sandbox = %current.name, error = %e, "marking a sandbox active again");
                 }
-                self.records_mut().sandboxes.insert(id.to_owned(), current);
+                self.records_mut().insert_sandbox(current);
             }
         };
         let endpoints: Vec<EndpointRecord> = self
@@ -698,7 +696,7 @@ impl Controller {
             kept().await;
             return Err(e);
         }
-        let record = self.records().sandboxes.get(id).cloned();
+        let record = self.records().sandboxes().get(id).cloned();
         let Some(record) = record else {
             return Ok(());
         };
@@ -732,7 +730,7 @@ impl Controller {
             }
         }
         self.journal_delete(KEY_SANDBOXES, id, true).await?;
-        self.records_mut().sandboxes.remove(id);
+        self.records_mut().remove_sandbox(id);
         tracing::info!(sandbox = %record.name, "sandbox deleted");
         Ok(())
     }
@@ -741,7 +739,7 @@ impl Controller {
     pub fn list_sandboxes(&self) -> Vec<SandboxInfo> {
         let ids: Vec<String> = {
             let records = self.records();
-            let mut sbs: Vec<_> = records.sandboxes.values().collect();
+            let mut sbs: Vec<_> = records.sandboxes().values().collect();
             sbs.sort_by(|a, b| a.name.cmp(&b.name));
             sbs.into_iter().map(|s| s.id.clone()).collect()
         };
@@ -1196,8 +1194,8 @@ impl Controller {
         }
         {
             let mut records = self.records_mut();
-            records.endpoints.insert(ep_id.clone(), record.clone());
-            records.sandboxes.insert(new_sb.id.clone(), new_sb);
+            records.insert_endpoint(record.clone());
+            records.insert_sandbox(new_sb);
         }
         self.register_endpoint_dns(&record, &sb.name);
         if let Some(guard) = net_guard.as_mut() {
@@ -1365,12 +1363,7 @@ impl Controller {
         let records = self.records();
         loop {
             let id = names::new_id();
-            let prefix = id.get(..7).unwrap_or(&id);
-            if !records
-                .endpoints
-                .keys()
-                .any(|other| other.starts_with(prefix))
-            {
+            if !records.endpoint_prefix_taken(records::id_prefix(&id)) {
                 return id;
             }
         }
@@ -1382,7 +1375,7 @@ impl Controller {
         let mut names: Vec<String> = {
             let records = self.records();
             ids.iter()
-                .filter_map(|id| records.sandboxes.get(id).map(|sb| sb.name.clone()))
+                .filter_map(|id| records.sandboxes().get(id).map(|sb| sb.name.clone()))
                 .collect()
         };
         names.sort();
@@ -1405,7 +1398,7 @@ impl Controller {
         let batches: Vec<(Arc<dyn Driver>, Batch)> = {
             let records = self.records();
             let mut batches: Vec<(DriverKind, Batch)> = Vec::new();
-            for ep in ep_ids.iter().filter_map(|id| records.endpoints.get(id)) {
+            for ep in ep_ids.iter().filter_map(|id| records.endpoints().get(id)) {
                 let Some(net) = records.networks.get(&ep.network_id) else {
                     continue;
                 };
@@ -1439,7 +1432,7 @@ impl Controller {
         let (ep, net, sb) = {
             let records = self.records();
             let ep = records
-                .endpoints
+                .endpoints()
                 .get(ep_id)
                 .cloned()
                 .ok_or(Error::NotFound {
@@ -1455,7 +1448,7 @@ impl Controller {
                     name: ep.network_id.clone(),
                 })?;
             let sb = records
-                .sandboxes
+                .sandboxes()
                 .get(&ep.sandbox_id)
                 .cloned()
                 .ok_or(Error::NotFound {
@@ -1528,8 +1521,8 @@ impl Controller {
             .await?;
         {
             let mut records = self.records_mut();
-            records.endpoints.remove(ep_id);
-            records.sandboxes.insert(new_sb.id.clone(), new_sb);
+            records.remove_endpoint(ep_id);
+            records.insert_sandbox(new_sb);
         }
         self.inner.resolver.remove_endpoint(&net.info.id, &sb.id);
         if let Some(guard) = net_guard.as_mut() {
@@ -1612,7 +1605,7 @@ impl Controller {
     ) -> Result<()> {
         let records = self.records();
         for ep in records
-            .endpoints
+            .endpoints()
             .values()
             .filter(|e| !e.info.ports.is_empty())
         {
@@ -1629,7 +1622,7 @@ impl Controller {
                             host_port: want.host_port,
                             host_ip: want_ip,
                             owner: records
-                                .sandboxes
+                                .sandboxes()
                                 .get(&ep.sandbox_id)
                                 .map_or_else(|| ep.sandbox_id.clone(), |sb| sb.name.clone()),
                             network: net.info.name.clone(),
@@ -1766,9 +1759,7 @@ impl Controller {
                 continue;
             };
             let endpoints: Vec<EndpointInfo> = records
-                .endpoints
-                .values()
-                .filter(|e| e.network_id == net.info.id)
+                .endpoints_on(&net.info.id)
                 .map(|e| e.info.clone())
                 .collect();
             driver.restore_network(&net.info, &endpoints);
@@ -1777,7 +1768,7 @@ impl Controller {
 
     /// After a restart: opens the namespaces of the stored sandboxes and handles inside them.
     async fn reopen_sandboxes(&self) {
-        let sandboxes: Vec<SandboxRecord> = self.records().sandboxes.values().cloned().collect();
+        let sandboxes: Vec<SandboxRecord> = self.records().sandboxes().values().cloned().collect();
         for sb in sandboxes {
             let ns = match &sb.namespace {
                 StoredNamespace::Owned(name) => NetNs::open(name).ok(),
@@ -1881,18 +1872,18 @@ impl Controller {
             let records = self.records();
             let networks: Vec<NetworkRecord> = records.networks.values().cloned().collect();
             let endpoints: Vec<(EndpointRecord, String)> = records
-                .endpoints
+                .endpoints()
                 .values()
                 .map(|e| {
                     let name = records
-                        .sandboxes
+                        .sandboxes()
                         .get(&e.sandbox_id)
                         .map(|s| s.name.clone())
                         .unwrap_or_default();
                     (e.clone(), name)
                 })
                 .collect();
-            let sandboxes: Vec<String> = records.sandboxes.keys().cloned().collect();
+            let sandboxes: Vec<String> = records.sandboxes().keys().cloned().collect();
             (networks, endpoints, sandboxes)
         };
         for net in &networks {
@@ -1972,7 +1963,7 @@ impl Controller {
     fn write_files(&self, id: &str) -> Result<()> {
         let (netns, files) = {
             let records = self.records();
-            let Some(sb) = records.sandboxes.get(id) else {
+            let Some(sb) = records.sandboxes().get(id) else {
                 return Ok(());
             };
             let StoredNamespace::Owned(netns) = &sb.namespace else {

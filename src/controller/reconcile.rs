@@ -70,8 +70,8 @@ impl Controller {
             let r = self.records();
             (
                 r.networks.clone(),
-                r.sandboxes.clone(),
-                r.endpoints.values().cloned().collect::<Vec<_>>(),
+                r.sandboxes().clone(),
+                r.endpoints().values().cloned().collect::<Vec<_>>(),
             )
         };
         endpoints.sort_by_key(|e| e.seq);
@@ -123,7 +123,7 @@ impl Controller {
                 let mut active = ep.clone();
                 active.status = Status::Active;
                 self.journal_attached(&active, None).await?;
-                self.records_mut().endpoints.insert(id.clone(), active);
+                self.records_mut().insert_endpoint(active);
             }
             _ => {
                 tracing::info!(sandbox = %sb.name, network = %net.info.name, status = ?ep.status, "removing an interrupted endpoint");
@@ -141,7 +141,7 @@ impl Controller {
                     .await?;
                 self.release_addresses(&net.info, &addresses(&ep.info))
                     .await;
-                self.records_mut().endpoints.remove(id);
+                self.records_mut().remove_endpoint(id);
             }
         }
         Ok(())
@@ -169,7 +169,7 @@ impl Controller {
         }
         let mut endpoints: Vec<EndpointRecord> = {
             let r = self.records();
-            r.endpoints
+            r.endpoints()
                 .values()
                 .filter(|e| {
                     r.networks
@@ -199,7 +199,7 @@ impl Controller {
             let r = self.records();
             (
                 r.networks.get(&ep.network_id).cloned(),
-                r.sandboxes.get(&ep.sandbox_id).cloned(),
+                r.sandboxes().get(&ep.sandbox_id).cloned(),
             )
         };
         let Some(net) = net else {
@@ -234,7 +234,7 @@ impl Controller {
                 let mut active = ep.clone();
                 active.status = Status::Active;
                 self.journal_attached(&active, None).await?;
-                self.records_mut().endpoints.insert(id.clone(), active);
+                self.records_mut().insert_endpoint(active);
             }
             _ => {
                 tracing::info!(sandbox = %sb_name, network = %info.name, status = ?ep.status, "removing an interrupted endpoint");
@@ -270,7 +270,7 @@ impl Controller {
                 key: format!("{KEY_ENDPOINTS}{id}"),
             }])
             .await?;
-        self.records_mut().endpoints.remove(id);
+        self.records_mut().remove_endpoint(id);
         Ok(())
     }
 
@@ -280,7 +280,7 @@ impl Controller {
     /// out, or one on the egress bridge with no overlay left.
     async fn settle_egress_endpoints(&self) -> Result<()> {
         let mut sandboxes: Vec<SandboxRecord> =
-            self.records().sandboxes.values().cloned().collect();
+            self.records().sandboxes().values().cloned().collect();
         sandboxes.sort_by(|a, b| a.name.cmp(&b.name));
         for sb in sandboxes {
             let lock = self.sandbox_lock(&sb.name);
@@ -342,7 +342,7 @@ impl Controller {
             r.networks
                 .values()
                 .filter(|n| n.info.options.kind() == DriverKind::Overlay)
-                .filter(|n| !r.endpoints.values().any(|e| e.network_id == n.info.id))
+                .filter(|n| r.endpoints_on(&n.info.id).next().is_none())
                 .map(|n| n.info.clone())
                 .collect()
         };
@@ -396,7 +396,7 @@ impl Controller {
                 active.status = Status::Active;
                 self.journal_put(KEY_SANDBOXES, &sb.id, &active, false)
                     .await?;
-                self.records_mut().sandboxes.insert(sb.id.clone(), active);
+                self.records_mut().insert_sandbox(active);
                 if let Err(e) = self.write_files(&sb.id) {
                     tracing::warn!(sandbox = %sb.name, error = %e, "writing sandbox files");
                 }
@@ -415,7 +415,7 @@ impl Controller {
                     let _ = std::fs::remove_dir_all(dir);
                 }
                 self.journal_delete(KEY_SANDBOXES, &sb.id, true).await?;
-                self.records_mut().sandboxes.remove(&sb.id);
+                self.records_mut().remove_sandbox(&sb.id);
                 Ok(())
             }
         }
@@ -455,7 +455,7 @@ impl Controller {
                     .filter(|n| local_addresses(&n.info))
                     .map(|n| n.info.id.clone())
                     .collect(),
-                r.endpoints
+                r.endpoints()
                     .values()
                     .flat_map(|e| {
                         addresses(&e.info)
@@ -503,7 +503,7 @@ impl Controller {
         // Then sandbox by sandbox, each under its own lock (connects to others go on).
         let sandboxes: Vec<(String, String)> = self
             .records()
-            .sandboxes
+            .sandboxes()
             .values()
             .map(|s| (s.id.clone(), s.name.clone()))
             .collect();
@@ -529,11 +529,7 @@ impl Controller {
                 by_kind.entry(*kind).or_default();
             }
             for net in r.networks.values() {
-                let mut endpoints: Vec<&EndpointRecord> = r
-                    .endpoints
-                    .values()
-                    .filter(|e| e.network_id == net.info.id)
-                    .collect();
+                let mut endpoints: Vec<&EndpointRecord> = r.endpoints_on(&net.info.id).collect();
                 endpoints.sort_by_key(|e| e.seq);
                 by_kind
                     .entry(net.info.options.kind())
@@ -558,7 +554,7 @@ impl Controller {
     async fn repair_sandbox(&self, id: &str) -> Result<()> {
         let (sb, endpoints) = {
             let r = self.records();
-            let Some(sb) = r.sandboxes.get(id).cloned() else {
+            let Some(sb) = r.sandboxes().get(id).cloned() else {
                 return Ok(());
             };
             let eps: Vec<(EndpointRecord, NetworkRecord)> = r
@@ -665,7 +661,7 @@ impl Controller {
                     value: records::encode(&new)?,
                 }])
                 .await?;
-            self.records_mut().sandboxes.insert(new.id.clone(), new);
+            self.records_mut().insert_sandbox(new);
         }
         Ok(())
     }

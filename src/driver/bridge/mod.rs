@@ -460,13 +460,15 @@ impl BridgeDriver {
         let opts = options(net)?;
         let name = bridge_name(net);
         let links = self.host.link();
-        // A bridge whose MAC address was set keeps it, instead of taking the lowest MAC of its
-        // ports: the kernel then skips recomputing it over every port on each attach.
+        // What the kernel would do over every port on each attach, it is spared: a bridge whose
+        // MAC address was set keeps it instead of taking the lowest MAC of its ports, and one
+        // without multicast snooping re-arms no query timers on its ports.
         links
             .add(
                 LinkSpec::bridge(&name)
                     .mtu(opts.mtu())
                     .mac(bridge_mac(net))
+                    .multicast_snooping(opts.multicast_snooping())
                     .up(),
             )
             .await

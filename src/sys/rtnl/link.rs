@@ -10,8 +10,9 @@ use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{DefaultNla, Nla};
 use netlink_packet_route::link::{
-    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoData, InfoKind, InfoMacVlan, InfoVeth, InfoVlan,
-    InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridge, InfoData, InfoKind, InfoMacVlan,
+    InfoVeth, InfoVlan, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    LinkProtoInfoBridge,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use serde::{Deserialize, Serialize};
@@ -367,7 +368,7 @@ impl VethPeer {
 
 #[derive(Debug, Clone)]
 enum SpecKind {
-    Bridge,
+    Bridge { multicast_snooping: Option<bool> },
     Veth(Option<VethPeer>),
     Vxlan(VxlanSpec),
     Macvlan { parent: u32, mode: MacvlanMode },
@@ -411,7 +412,12 @@ impl LinkSpec {
 
     /// A bridge.
     pub fn bridge(name: impl Into<String>) -> Self {
-        Self::new(name, SpecKind::Bridge)
+        Self::new(
+            name,
+            SpecKind::Bridge {
+                multicast_snooping: None,
+            },
+        )
     }
 
     /// A veth pair; without [`LinkSpec::peer`] the kernel names the peer.
@@ -434,6 +440,17 @@ impl LinkSpec {
     /// without it the kernel answers [`SysError::NotSupported`].
     pub fn vlan(name: impl Into<String>, parent: u32, id: u16) -> Self {
         Self::new(name, SpecKind::Vlan { parent, id })
+    }
+
+    /// Turns the bridge's IGMP/MLD snooping on or off (`ip link add ... type bridge
+    /// mcast_snooping 0|1`; only meaningful for [`LinkSpec::bridge`]). The kernel's default is
+    /// on; with it, every port that comes up makes the bridge re-arm two multicast query timers
+    /// on *every* port, so bringing a port up costs time in proportion to the bridge's size.
+    pub fn multicast_snooping(mut self, on: bool) -> Self {
+        if let SpecKind::Bridge { multicast_snooping } = &mut self.kind {
+            *multicast_snooping = Some(on);
+        }
+        self
     }
 
     /// Sets the veth peer (only meaningful for [`LinkSpec::veth`]).
@@ -481,7 +498,7 @@ impl LinkSpec {
 
     fn kind_name(&self) -> &'static str {
         match self.kind {
-            SpecKind::Bridge => "bridge",
+            SpecKind::Bridge { .. } => "bridge",
             SpecKind::Veth(_) => "veth",
             SpecKind::Vxlan(_) => "vxlan",
             SpecKind::Macvlan { .. } => "macvlan",
@@ -557,7 +574,11 @@ impl LinkSpec {
             attrs.push(LinkAttribute::NetNsFd(ns.fd().as_raw_fd()));
         }
         let (kind, data) = match &self.kind {
-            SpecKind::Bridge => (InfoKind::Bridge, None),
+            SpecKind::Bridge { multicast_snooping } => (
+                InfoKind::Bridge,
+                multicast_snooping
+                    .map(|on| InfoData::Bridge(vec![InfoBridge::MulticastSnooping(on)])),
+            ),
             SpecKind::Veth(peer) => (
                 InfoKind::Veth,
                 peer.as_ref()
@@ -1076,6 +1097,27 @@ mod tests {
         );
         assert!(m.attributes.contains(&LinkAttribute::Mtu(1500)));
         assert_eq!(info(m), &vec![LinkInfo::Kind(InfoKind::Bridge)]);
+    }
+
+    #[test]
+    fn bridge_without_multicast_snooping() {
+        let req = LinkSpec::bridge("br0")
+            .multicast_snooping(false)
+            .request()
+            .unwrap();
+        assert_eq!(
+            info(new_link(&req)),
+            &vec![
+                LinkInfo::Kind(InfoKind::Bridge),
+                LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::MulticastSnooping(false)])),
+            ]
+        );
+        // Meaningless for other kinds: ignored.
+        let veth = LinkSpec::veth("v0")
+            .multicast_snooping(false)
+            .request()
+            .unwrap();
+        assert_eq!(info(new_link(&veth)), &vec![LinkInfo::Kind(InfoKind::Veth)]);
     }
 
     #[test]
