@@ -1010,3 +1010,193 @@ async fn a_lost_lease_is_granted_again_and_the_records_rewritten() {
     tokio::time::sleep(ttl * 3).await;
     assert_eq!(records_of(&c, &net.id, "worker-1").await.len(), 1);
 }
+
+/// Rewrites, while the host's controller is stopped, the `status` of the journal record of
+/// `sandbox`'s endpoint on `network` in its state store (what a crash leaves: `pending` for an
+/// interrupted attach, `removing` for an interrupted detach).
+async fn set_status(host: &Host, sandbox_id: &str, network_id: &str, status: &str) {
+    let path = host.config.state_dir.join("state.redb");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let store = loop {
+        match wharf::store::EmbeddedStore::open(&path).await {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("opening {}: {e}", path.display()),
+        }
+    };
+    let kv = store
+        .list("wharf/v1/endpoints/")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|kv| {
+            let v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+            v["sandbox_id"] == sandbox_id && v["network_id"] == network_id
+        })
+        .expect("the endpoint's record");
+    let mut v: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+    v["status"] = status.into();
+    store
+        .put(&kv.key, serde_json::to_vec(&v).unwrap())
+        .await
+        .unwrap();
+}
+
+/// Deletes a link in a namespace, as a crash half-way through a join or a leave leaves it.
+async fn delete_link(ns: &wharf::sys::NetNs, name: &str) {
+    let h = wharf::sys::rtnl::Handle::in_netns(ns).await.unwrap();
+    h.link().delete_by_name(name).await.unwrap();
+}
+
+#[tokio::test]
+async fn interrupted_overlay_attaches_and_detaches_are_recovered_at_open() {
+    use wharf::controller::GWBRIDGE_NETWORK;
+    use wharf::ipam::{AddressRequest, Family, Ipam, IpamOptions};
+
+    let mut c = Cluster::new(&["a", "b"]).await;
+    let ov = c
+        .host("b")
+        .wharf()
+        .create_network(overlay("ov"))
+        .await
+        .unwrap();
+    let ov2 = c
+        .host("b")
+        .wharf()
+        .create_network(overlay("ov2"))
+        .await
+        .unwrap();
+    let peer = c.host("b").run("peer", "ov").await;
+    let a = c.host("a");
+    // forward: its completion and its cluster record were lost; back: half-joined; removing:
+    // an interrupted detach; rejoin: completed, then its interface went; half: the first
+    // endpoint of ov2 here, with the data plane half made.
+    let mut ids = std::collections::BTreeMap::new();
+    for name in ["forward", "back", "removing", "rejoin"] {
+        a.run(name, "ov").await;
+        ids.insert(name, a.wharf().sandbox(name).unwrap().id);
+    }
+    a.run("half", "ov2").await;
+    ids.insert("half", a.wharf().sandbox("half").unwrap().id);
+    // empty: the first endpoint of ov3 here, killed inside the namespace's creation (an empty
+    // mount target where the plane's namespace would be).
+    let ov3 = c
+        .host("b")
+        .wharf()
+        .create_network(overlay("ov3"))
+        .await
+        .unwrap();
+    a.run("empty", "ov3").await;
+    ids.insert("empty", a.wharf().sandbox("empty").unwrap().id);
+    converge(&c, &ov.id).await.unwrap();
+    let forward_ep = a.wharf().endpoint("forward", "ov").unwrap();
+    let back_ep = a.wharf().endpoint("back", "ov").unwrap();
+    let ns = |name: &str| c.host("a").wharf().sandbox_netns(name).unwrap();
+    let (back_ns, rejoin_ns, half_ns) = (ns("back"), ns("rejoin"), ns("half"));
+    let empty_ns = ns("empty");
+    let ov2_plane = wharf::sys::NetNs::open(&a.overlay_netns(&ov2.id)).unwrap();
+
+    // What a crash of host a leaves, besides those: a cluster address and a cluster record in
+    // its name whose local record was never written.
+    let orphan_id = "f".repeat(64);
+    let ipam = Ipam::open(c.store.clone(), IpamOptions::cluster(b"wharf"))
+        .await
+        .unwrap();
+    let orphan_ip = ipam
+        .allocate_for(
+            &ov.id,
+            AddressRequest::Next(Family::V4),
+            &format!("a/{orphan_id}"),
+        )
+        .await
+        .unwrap();
+    let mut orphan = records_of(&c, &ov.id, "a").await.remove(0);
+    orphan.id = orphan_id.clone();
+    orphan.name = "ghost".into();
+    orphan.ipv4 = match orphan_ip {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => unreachable!(),
+    };
+    c.store
+        .put(
+            &format!("cluster/v1/endpoints/{}/{orphan_id}", ov.id),
+            serde_json::to_vec(&orphan).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    c.stop("a").await;
+    let a = c.host("a");
+    set_status(a, &ids["forward"], &ov.id, "pending").await;
+    c.store
+        .delete(&format!("cluster/v1/endpoints/{}/{}", ov.id, forward_ep.id))
+        .await
+        .unwrap();
+    set_status(a, &ids["back"], &ov.id, "pending").await;
+    delete_link(&back_ns, "eth0").await;
+    set_status(a, &ids["removing"], &ov.id, "removing").await;
+    delete_link(&rejoin_ns, "eth0").await;
+    set_status(a, &ids["half"], &ov2.id, "pending").await;
+    delete_link(&half_ns, "eth0").await;
+    delete_link(&ov2_plane, "vxlan0").await;
+    drop(ov2_plane);
+    set_status(a, &ids["empty"], &ov3.id, "pending").await;
+    delete_link(&empty_ns, "eth0").await;
+    let ov3_plane = a.overlay_netns(&ov3.id);
+    wharf::sys::NetNs::delete(&ov3_plane).unwrap();
+    std::fs::write(format!("/run/netns/{ov3_plane}"), b"").unwrap();
+    c.start("a").await;
+
+    let a = c.host("a");
+    let w = a.wharf();
+    common::cluster::assert_cluster_state(w, "a", &a.ns, a.prefix(), &c.store, "after open").await;
+    for name in ["forward", "rejoin"] {
+        assert!(w.endpoint(name, "ov").is_ok(), "{name} stays connected");
+        assert!(
+            eventually(CONVERGED, || a.ping(name, peer)).await,
+            "{name} reaches the other host"
+        );
+    }
+    for (name, net) in [
+        ("back", "ov"),
+        ("removing", "ov"),
+        ("half", "ov2"),
+        ("empty", "ov3"),
+    ] {
+        assert!(
+            w.endpoint(name, net).is_err(),
+            "{name} is not connected to {net}"
+        );
+        assert!(
+            w.endpoint(name, GWBRIDGE_NETWORK).is_err(),
+            "{name} left the egress bridge"
+        );
+    }
+    assert!(!a.has_overlay_netns(&ov2.id), "no data plane left for ov2");
+    assert!(
+        !a.has_overlay_netns(&ov3.id),
+        "no namespace file left for ov3"
+    );
+    // The other host follows: forward's record is back, back's and the ghost's are gone.
+    converge(&c, &ov.id).await.unwrap();
+    let b = c.host("b");
+    assert!(
+        eventually(CONVERGED, || b
+            .ping("peer", IpAddr::V4(forward_ep.ipv4.unwrap())))
+        .await
+    );
+    assert!(!b.ping("peer", IpAddr::V4(back_ep.ipv4.unwrap())).await);
+    // The addresses given back are free in the cluster again: taken by the next attaches.
+    let freed: BTreeSet<IpAddr> = [IpAddr::V4(back_ep.ipv4.unwrap()), orphan_ip].into();
+    assert!(
+        ipam.stored_addresses()
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| !freed.contains(&s.ip)),
+        "released in the cluster IPAM"
+    );
+}

@@ -14,13 +14,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use common::crash::{free_name, run_and_kill, runtime, seed, serve_until_killed};
 use common::{Rng, ipv4_view};
 use wharf::controller::{
     Controller, ControllerConfig, EndpointSpec, Error, NetworkSpec, SandboxSpec,
@@ -40,22 +38,6 @@ const FILES_ENV: &str = "WHARF_CRASH_FILES";
 const KILLS: usize = 200;
 const MAX_NETWORKS: usize = 3;
 const MAX_SANDBOXES: usize = 5;
-
-fn seed() -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    (nanos ^ u64::from(std::process::id()).rotate_left(32)) | 1
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn config(state: &Path, host: NetNs, prefix: &str, files: &Path) -> ControllerConfig {
     let resolv = files.join("host-resolv.conf");
@@ -98,136 +80,107 @@ fn crash_child() {
     let prefix = std::env::var(PREFIX_ENV).unwrap();
     let files = PathBuf::from(std::env::var(FILES_ENV).unwrap());
     runtime().block_on(async {
-        let mut out = std::io::stdout();
-        let wharf = match Controller::open(config(Path::new(&state), host, &prefix, &files)).await {
-            Ok(w) => w,
-            Err(e) => {
-                writeln!(out, "ERR open: {e}").unwrap();
-                std::process::exit(1);
-            }
-        };
-        writeln!(out, "ready").unwrap();
-        out.flush().unwrap();
-        let mut rng = Rng(seed());
-        loop {
-            let nets = user_networks(&wharf);
+        let opened = Controller::open(config(Path::new(&state), host, &prefix, &files)).await;
+        serve_until_killed(opened, async |wharf: &Controller, rng: &mut Rng| {
+            let nets = user_networks(wharf);
             let sandboxes: Vec<String> =
                 wharf.list_sandboxes().into_iter().map(|s| s.name).collect();
             let roll = rng.below(100);
-            let (what, result): (String, Result<(), Error>) =
-                if roll < 8 && nets.len() < MAX_NETWORKS {
-                    let name = (0..MAX_NETWORKS)
-                        .map(|i| format!("n{i}"))
-                        .find(|n| !nets.contains(n))
-                        .unwrap();
+            let step: (String, Result<(), Error>) = if roll < 8 && nets.len() < MAX_NETWORKS {
+                let name = free_name("n", MAX_NETWORKS, &nets);
+                let r = wharf
+                    .create_network(NetworkSpec::new(&name))
+                    .await
+                    .map(|_| ());
+                (format!("create network {name}"), r)
+            } else if roll < 13 && !nets.is_empty() {
+                let name = nets[rng.below(nets.len())].clone();
+                let in_use = !wharf.inspect_network(&name).unwrap().containers.is_empty();
+                if in_use {
+                    return None;
+                }
+                (
+                    format!("delete network {name}"),
+                    wharf.delete_network(&name).await,
+                )
+            } else if roll < 25 && sandboxes.len() < MAX_SANDBOXES {
+                let name = free_name("c", MAX_SANDBOXES, &sandboxes);
+                let r = wharf
+                    .create_sandbox(SandboxSpec::new(&name))
+                    .await
+                    .map(|_| ());
+                (format!("create sandbox {name}"), r)
+            } else if roll < 29 && sandboxes.len() > 1 {
+                let a = sandboxes[rng.below(sandboxes.len())].clone();
+                let b = sandboxes[rng.below(sandboxes.len())].clone();
+                let r = wharf
+                    .delete_sandboxes(&[a.as_str(), b.as_str()])
+                    .await
+                    .into_iter()
+                    .collect::<Result<Vec<()>, Error>>()
+                    .map(|_| ());
+                (format!("delete sandboxes {a} {b}"), r)
+            } else if roll < 32 && !sandboxes.is_empty() {
+                let name = sandboxes[rng.below(sandboxes.len())].clone();
+                (
+                    format!("delete sandbox {name}"),
+                    wharf.delete_sandbox(&name).await,
+                )
+            } else if roll < 72 && !sandboxes.is_empty() {
+                let sb = sandboxes[rng.below(sandboxes.len())].clone();
+                let mut all = nets.clone();
+                all.push("bridge".into());
+                let net = all[rng.below(all.len())].clone();
+                if wharf.endpoint(&sb, &net).is_ok() {
+                    return None;
+                }
+                // Half of the endpoints publish a port of their own, so the firewall has
+                // elements per endpoint to leak or lose (the others take the batch
+                // detach's link-group path).
+                let mut spec = EndpointSpec::default();
+                if publishes(&sb, &net) {
+                    spec.ports.push(PortMapping::tcp(host_port(&sb, &net), 80));
+                }
+                let r = wharf.connect(&sb, &net, spec).await.map(|_| ());
+                (format!("connect {sb} {net}"), r)
+            } else {
+                let eps: Vec<(String, String)> = wharf
+                    .list_sandboxes()
+                    .into_iter()
+                    .flat_map(|s| {
+                        s.endpoints
+                            .into_iter()
+                            .map(move |e| (s.name.clone(), e.network))
+                    })
+                    .collect();
+                if eps.is_empty() {
+                    return None;
+                }
+                let (sb, net) = eps[rng.below(eps.len())].clone();
+                let other = eps[rng.below(eps.len())].clone();
+                if rng.below(3) == 0 && other != (sb.clone(), net.clone()) {
+                    let pairs = [
+                        (sb.as_str(), net.as_str()),
+                        (other.0.as_str(), other.1.as_str()),
+                    ];
                     let r = wharf
-                        .create_network(NetworkSpec::new(&name))
-                        .await
-                        .map(|_| ());
-                    (format!("create network {name}"), r)
-                } else if roll < 13 && !nets.is_empty() {
-                    let name = nets[rng.below(nets.len())].clone();
-                    let in_use = !wharf.inspect_network(&name).unwrap().containers.is_empty();
-                    if in_use {
-                        continue;
-                    }
-                    (
-                        format!("delete network {name}"),
-                        wharf.delete_network(&name).await,
-                    )
-                } else if roll < 25 && sandboxes.len() < MAX_SANDBOXES {
-                    let name = (0..MAX_SANDBOXES)
-                        .map(|i| format!("c{i}"))
-                        .find(|n| !sandboxes.contains(n))
-                        .unwrap();
-                    let r = wharf
-                        .create_sandbox(SandboxSpec::new(&name))
-                        .await
-                        .map(|_| ());
-                    (format!("create sandbox {name}"), r)
-                } else if roll < 29 && sandboxes.len() > 1 {
-                    let a = sandboxes[rng.below(sandboxes.len())].clone();
-                    let b = sandboxes[rng.below(sandboxes.len())].clone();
-                    let r = wharf
-                        .delete_sandboxes(&[a.as_str(), b.as_str()])
+                        .disconnect_many(&pairs)
                         .await
                         .into_iter()
                         .collect::<Result<Vec<()>, Error>>()
                         .map(|_| ());
-                    (format!("delete sandboxes {a} {b}"), r)
-                } else if roll < 32 && !sandboxes.is_empty() {
-                    let name = sandboxes[rng.below(sandboxes.len())].clone();
-                    (
-                        format!("delete sandbox {name}"),
-                        wharf.delete_sandbox(&name).await,
-                    )
-                } else if roll < 72 && !sandboxes.is_empty() {
-                    let sb = sandboxes[rng.below(sandboxes.len())].clone();
-                    let mut all = nets.clone();
-                    all.push("bridge".into());
-                    let net = all[rng.below(all.len())].clone();
-                    if wharf.endpoint(&sb, &net).is_ok() {
-                        continue;
-                    }
-                    // Half of the endpoints publish a port of their own, so the firewall has
-                    // elements per endpoint to leak or lose (the others take the batch
-                    // detach's link-group path).
-                    let mut spec = EndpointSpec::default();
-                    if publishes(&sb, &net) {
-                        spec.ports.push(PortMapping::tcp(host_port(&sb, &net), 80));
-                    }
-                    let r = wharf.connect(&sb, &net, spec).await.map(|_| ());
-                    (format!("connect {sb} {net}"), r)
+                    (format!("disconnect {sb} {net}, {} {}", other.0, other.1), r)
                 } else {
-                    let eps: Vec<(String, String)> = wharf
-                        .list_sandboxes()
-                        .into_iter()
-                        .flat_map(|s| {
-                            s.endpoints
-                                .into_iter()
-                                .map(move |e| (s.name.clone(), e.network))
-                        })
-                        .collect();
-                    if eps.is_empty() {
-                        continue;
-                    }
-                    let (sb, net) = eps[rng.below(eps.len())].clone();
-                    let other = eps[rng.below(eps.len())].clone();
-                    if rng.below(3) == 0 && other != (sb.clone(), net.clone()) {
-                        let pairs = [
-                            (sb.as_str(), net.as_str()),
-                            (other.0.as_str(), other.1.as_str()),
-                        ];
-                        let r = wharf
-                            .disconnect_many(&pairs)
-                            .await
-                            .into_iter()
-                            .collect::<Result<Vec<()>, Error>>()
-                            .map(|_| ());
-                        (format!("disconnect {sb} {net}, {} {}", other.0, other.1), r)
-                    } else {
-                        (
-                            format!("disconnect {sb} {net}"),
-                            wharf.disconnect(&sb, &net).await,
-                        )
-                    }
-                };
-            match result {
-                Ok(()) => writeln!(out, "ok {what}").unwrap(),
-                Err(e) => {
-                    writeln!(out, "ERR {what}: {e}").unwrap();
-                    out.flush().unwrap();
-                    std::process::exit(1);
+                    (
+                        format!("disconnect {sb} {net}"),
+                        wharf.disconnect(&sb, &net).await,
+                    )
                 }
-            }
-            out.flush().unwrap();
-        }
+            };
+            Some(step)
+        })
+        .await;
     });
-}
-
-/// The last lines a child printed, for a failure message.
-fn tail(lines: &[String]) -> String {
-    lines[lines.len().saturating_sub(12)..].join("\n")
 }
 
 /// What the records say, for comparing with the kernel.
@@ -403,7 +356,6 @@ fn sigkill_at_random_moments_leaves_state_the_next_start_understands() {
     let files = lab.temp_dir("files").unwrap();
     std::fs::write(files.join("host-resolv.conf"), "nameserver 198.51.100.53\n").unwrap();
     let prefix = lab.netns_prefix();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = Rng(seed());
     let started = Instant::now();
     let mut ops = 0usize;
@@ -411,63 +363,23 @@ fn sigkill_at_random_moments_leaves_state_the_next_start_understands() {
     let mut batches = 0usize;
 
     for round in 0..KILLS {
-        let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &state)
-            .env(HOST_ENV, host.name().unwrap())
-            .env(PREFIX_ENV, &prefix)
-            .env(FILES_ENV, &files)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let (tx, rx) = mpsc::channel::<String>();
-        let reader = std::thread::spawn(move || {
-            for line in stdout.lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut lines = Vec::new();
-        // One kill in eight lands while the child is still opening (recovering).
-        if rng.below(8) == 0 {
-            std::thread::sleep(Duration::from_millis(rng.below(80) as u64));
-            during_open += 1;
-        } else {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let line = rx
-                    .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    .unwrap_or_else(|_| {
-                        panic!("round {round}: the child never got ready: {}", tail(&lines))
-                    });
-                // libtest prints `test crash_child ... ` without a newline first.
-                let ready = line.ends_with("ready");
-                lines.push(line);
-                if ready {
-                    break;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(rng.below(150) as u64));
-        }
-        // SIGKILL: no destructor, no flush, mid-operation as likely as not.
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        reader.join().unwrap();
-        lines.extend(rx.try_iter());
-        if let Some(err) = lines.iter().find(|l| l.starts_with("ERR")) {
-            panic!("round {round}: the child failed: {err}\n{}", tail(&lines));
-        }
-        assert!(
-            status.code().is_none(),
-            "round {round}: the child exited by itself: {}",
-            tail(&lines)
+        let env = [
+            (CHILD_ENV, state.display().to_string()),
+            (HOST_ENV, host.name().unwrap().to_owned()),
+            (PREFIX_ENV, prefix.clone()),
+            (FILES_ENV, files.display().to_string()),
+        ];
+        let killed = run_and_kill(
+            "crash_child",
+            &env,
+            &mut rng,
+            Duration::from_millis(150),
+            round,
         );
-        ops += lines.iter().filter(|l| l.starts_with("ok ")).count();
-        batches += lines
+        during_open += usize::from(killed.during_open);
+        ops += killed.ops();
+        batches += killed
+            .lines
             .iter()
             .filter(|l| l.starts_with("ok delete sandboxes") || l.contains(", "))
             .count();

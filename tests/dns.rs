@@ -30,7 +30,12 @@ const UPSTREAM: &str = "198.51.100.53:53";
 const SILENT: &str = "198.51.100.54:53";
 const WWW: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 80);
 const UPSTREAM_ALPINE3: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 3);
+/// The resolver's upstream timeout in the tests that wait for it to pass. The other tests keep
+/// the default (2 s), so that an upstream slowed by a busy machine is not taken for a dead one.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(600);
+/// The upstream timeout of tests that check what happens while a forward is still pending: long
+/// enough that the checks run before it ends, however busy the machine.
+const PATIENT_TIMEOUT: Duration = Duration::from_millis(2500);
 const T: Duration = Duration::from_secs(3);
 
 fn sa(s: &str) -> SocketAddr {
@@ -230,7 +235,6 @@ impl World {
         let upstream = Upstream::start(&internet).await;
 
         let mut config = ResolverConfig::new(host.clone(), vec![sa(UPSTREAM)]);
-        config.upstream_timeout = UPSTREAM_TIMEOUT;
         tune(&mut config);
         let resolver = Resolver::new(config).await.unwrap();
         for (id, name) in [("net-a", "alpine-net"), ("net-b", "other")] {
@@ -377,7 +381,7 @@ async fn outside_names_are_forwarded_over_the_query_transport() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_upstream_never_delays_local_names() {
-    let w = World::new().await;
+    let w = World::with(|c| c.upstream_timeout = PATIENT_TIMEOUT).await;
     let ns = w.ns("c1").clone();
     let started = Instant::now();
     let hanging = tokio::spawn(async move {
@@ -387,28 +391,32 @@ async fn a_dead_upstream_never_delays_local_names() {
             "blackhole.example",
             RecordType::A,
             Transport::Udp,
-            T,
+            T * 2,
         )
         .await
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     for _ in 0..20 {
-        let t0 = Instant::now();
         assert_eq!(w.a("c1", "alpine2").await.1, vec![ip("172.18.0.3")]);
-        assert!(
-            t0.elapsed() < Duration::from_millis(200),
-            "{:?}",
-            t0.elapsed()
-        );
     }
+    // Every local answer came while the forward was still waiting for its upstream.
+    assert!(
+        !hanging.is_finished(),
+        "the forward ended before the local answers"
+    );
     let ans = hanging.await.unwrap().unwrap();
     assert_eq!(ans.rcode, ResponseCode::ServFail);
     let waited = started.elapsed();
     assert!(
-        waited >= UPSTREAM_TIMEOUT && waited < UPSTREAM_TIMEOUT * 3,
+        waited >= PATIENT_TIMEOUT,
         "SERVFAIL after the upstream timeout, got {waited:?}"
     );
-    // A silent first upstream is skipped after its timeout (per-sandbox upstreams).
+}
+
+/// A silent first upstream is skipped after its timeout (per-sandbox upstreams).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_first_upstream_is_skipped_after_its_timeout() {
+    let w = World::with(|c| c.upstream_timeout = UPSTREAM_TIMEOUT).await;
     let c4 = w.lab.namespace("c4").await.unwrap();
     w.resolver
         .upsert_endpoint(endpoint("net-a", "c4", "alpine4", &[], "172.18.0.4"))
@@ -693,7 +701,7 @@ fn wire_query(id: u16, name: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_forward_does_not_hold_up_the_next_query_on_a_tcp_connection() {
-    let w = World::new().await;
+    let w = World::with(|c| c.upstream_timeout = UPSTREAM_TIMEOUT).await;
     let replies = w
         .ns("c1")
         .run(|| {
@@ -719,13 +727,12 @@ async fn a_slow_forward_does_not_hold_up_the_next_query_on_a_tcp_connection() {
         })
         .await
         .unwrap();
-    let (first, at) = &replies[0];
+    let (first, _) = &replies[0];
     assert_eq!(
         first.id(),
         2,
         "the local answer overtakes the pending forward"
     );
-    assert!(*at < Duration::from_millis(300), "{at:?}");
     let (second, at) = &replies[1];
     assert_eq!(
         (second.id(), second.response_code()),
@@ -740,7 +747,11 @@ async fn a_slow_forward_does_not_hold_up_the_next_query_on_a_tcp_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_is_bounded_and_upstreams_can_change() {
-    let w = World::with(|c| c.max_forwards = 2).await;
+    let w = World::with(|c| {
+        c.max_forwards = 2;
+        c.upstream_timeout = PATIENT_TIMEOUT;
+    })
+    .await;
     let ns = w.ns("c1").clone();
     // Two queries the upstream never answers take both forwarding slots...
     let pending: Vec<_> = (0..2)
@@ -753,31 +764,30 @@ async fn forwarding_is_bounded_and_upstreams_can_change() {
                     "blackhole.example",
                     RecordType::A,
                     Transport::Udp,
-                    T,
+                    T * 2,
                 )
                 .await
             })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // ... so a third forward fails at once, while local names still answer.
-    let t0 = Instant::now();
+    // ... so a third forward fails at once (while those two still wait for their upstream),
+    // and local names still answer.
     let third = w
         .ask("c1", "www.example.com", RecordType::A, Transport::Udp)
         .await;
     assert_eq!(third.rcode, ResponseCode::ServFail);
-    assert!(
-        t0.elapsed() < Duration::from_millis(300),
-        "{:?}",
-        t0.elapsed()
-    );
     assert_eq!(w.a("c1", "alpine2").await.1, vec![ip("172.18.0.3")]);
+    assert!(
+        pending.iter().all(|p| !p.is_finished()),
+        "the third failed only because the first two timed out"
+    );
     for p in pending {
         assert_eq!(p.await.unwrap().unwrap().rcode, ResponseCode::ServFail);
     }
     // Once the upstream timeout has passed (the probe's own retries may have been answered
     // SERVFAIL sooner), the slots are free again; new default upstreams apply at once.
-    tokio::time::sleep(UPSTREAM_TIMEOUT).await;
+    tokio::time::sleep(PATIENT_TIMEOUT).await;
     assert_eq!(w.a("c1", "www.example.com").await.1, vec![IpAddr::V4(WWW)]);
     w.resolver.set_upstreams(vec![sa(SILENT)]);
     let ans = w

@@ -163,3 +163,51 @@ async fn release_if_older_releases_once_and_never_a_newer_allocation() {
     );
     assert!(sweepers[0].is_allocated("n", ip));
 }
+
+/// An address allocated in an owner's name is released only by that owner, once, and never
+/// after another allocator took it again (a release repeated by crash recovery).
+#[tokio::test]
+async fn release_owned_frees_only_the_owners_own_allocation() {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let opts = IpamOptions::cluster(b"c");
+    let a = Ipam::open(store.clone(), opts.clone()).await.unwrap();
+    a.request_subnet(SubnetRequest::new("n", "net"))
+        .await
+        .unwrap();
+    let ip = a
+        .allocate_for("n", AddressRequest::Next(Family::V4), "host-a/ep1")
+        .await
+        .unwrap();
+    let listed = a.stored_addresses().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].network_id.as_str(),
+            listed[0].ip,
+            listed[0].owner.as_deref()
+        ),
+        ("n", ip, Some("host-a/ep1"))
+    );
+    assert!(!a.release_owned("n", ip, "host-a/ep2").await.unwrap());
+    assert!(a.is_allocated("n", ip));
+    assert!(a.release_owned("n", ip, "host-a/ep1").await.unwrap());
+    assert!(!a.is_allocated("n", ip));
+    assert!(!a.release_owned("n", ip, "host-a/ep1").await.unwrap());
+    // Taken by another host: a repeated release in the old owner's name leaves it alone.
+    let b = Ipam::open(store.clone(), opts.clone()).await.unwrap();
+    b.allocate_for("n", AddressRequest::Static(ip), "host-b/ep9")
+        .await
+        .unwrap();
+    assert!(!a.release_owned("n", ip, "host-a/ep1").await.unwrap());
+    assert_eq!(
+        b.stored_addresses().await.unwrap()[0].owner.as_deref(),
+        Some("host-b/ep9")
+    );
+    // An allocation without an owner is released as `release` would.
+    let plain = a
+        .allocate("n", AddressRequest::Next(Family::V4))
+        .await
+        .unwrap();
+    assert_eq!(a.stored_addresses().await.unwrap().len(), 2);
+    assert!(a.release_owned("n", plain, "anyone").await.unwrap());
+}

@@ -947,6 +947,7 @@ impl Controller {
                 let records = self.records();
                 records
                     .endpoints_on(&network_id)
+                    .filter(|e| e.status == Status::Active)
                     .filter_map(|e| {
                         let sb = records.sandboxes().get(&e.sandbox_id)?;
                         self.cluster_endpoint(&e.network_id, &e.info, &sb.name, &e.aliases)
@@ -997,6 +998,85 @@ impl Controller {
             Ok(_) | Err(StoreError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The owner name under which this host allocates a cluster address for an endpoint
+    /// (`<node>/<endpoint id>`, see [`Ipam::allocate_for`]): after a crash, recovery finds by it
+    /// the addresses it took and releases them only while they are still its own.
+    pub(crate) fn address_owner(&self, endpoint_id: &str) -> String {
+        let node = self.cluster().map_or("", |c| c.config.node.as_str());
+        format!("{node}/{endpoint_id}")
+    }
+
+    /// Releases cluster addresses of a local endpoint if they are still its own (an address a
+    /// crash-interrupted operation released already, and someone else took since, is left
+    /// alone). Best effort: failures are logged.
+    pub(crate) async fn release_owned_addresses(
+        &self,
+        network_id: &str,
+        endpoint_id: &str,
+        addrs: &[IpAddr],
+    ) {
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        let owner = self.address_owner(endpoint_id);
+        for ip in addrs {
+            match cluster.ipam.release_owned(network_id, *ip, &owner).await {
+                Ok(true) => {
+                    tracing::debug!(%ip, endpoint = %endpoint_id, "cluster address released")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%ip, endpoint = %endpoint_id, error = %e, "releasing a cluster address")
+                }
+            }
+        }
+    }
+
+    /// At open, after the recovery of the local endpoints: withdraws the records this node
+    /// published for endpoints it has no record of, and releases the cluster addresses it
+    /// allocated for them (a crash between the allocation or the publication and the local
+    /// record, or between the record's deletion and the release). Nothing another node owns is
+    /// touched.
+    pub(crate) async fn remove_cluster_orphans(&self) -> Result<()> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(());
+        };
+        let node = cluster.config.node.as_str();
+        let held: BTreeSet<String> = self.records().endpoints().keys().cloned().collect();
+        for kv in cluster.store().list(KEY_C_ENDPOINTS).await? {
+            let Ok(ep) = serde_json::from_slice::<ClusterEndpoint>(&kv.value) else {
+                continue;
+            };
+            if ep.node == node && !held.contains(&ep.id) {
+                tracing::info!(endpoint = %ep.id, name = %ep.name, "withdrawing a cluster endpoint record no local endpoint holds");
+                self.withdraw_endpoint(&ep.network_id, &ep.id).await?;
+            }
+        }
+        for a in cluster.ipam.stored_addresses().await? {
+            let Some(owner) = a.owner.as_deref() else {
+                continue;
+            };
+            let Some((owner_node, endpoint)) = owner.rsplit_once('/') else {
+                continue;
+            };
+            if owner_node == node && !held.contains(endpoint) {
+                tracing::info!(ip = %a.ip, endpoint = %endpoint, "releasing a cluster address no local endpoint holds");
+                self.release_owned_addresses(&a.network_id, endpoint, &[a.ip])
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// After an endpoint was joined again by recovery or reconcile (lock held): the network is
+    /// active here and its peer entries are programmed from what the kernel holds (the rejoin
+    /// may have made the data plane anew).
+    pub(crate) async fn cluster_rejoined(&self, guard: &mut NetGuard, network_id: &str) {
+        guard.active = true;
+        guard.programmed = None;
+        self.reconcile_locked(guard, network_id, true).await;
     }
 
     /// The record other hosts get for a local endpoint.
@@ -1157,8 +1237,12 @@ impl Controller {
             .map(|e| e.network_id.clone())
             .collect();
         let stream = self.resync(Some(&local)).await?;
+        // The cluster networks are known now: what a crash interrupted on them is finished or
+        // undone (the first pass, `recover_journal`, could not).
+        self.recover_cluster_journal().await?;
         // A restarted controller re-attaches its endpoints to a lease of its own (the
-        // previous controller's lease expires, or has already taken the records with it).
+        // previous controller's lease expires, or has already taken the records with it); an
+        // endpoint whose record a crash lost, or that recovery rolled forward, gets it here.
         self.republish_endpoints().await?;
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(watch_loop(

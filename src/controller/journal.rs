@@ -16,7 +16,9 @@
 //! they may spend a commit more.
 //!
 //! Cluster networks keep their addresses in the cluster store, not beside the record: there the
-//! address is allocated (committed) first and released by recovery when it rolls back.
+//! address is allocated (committed) first, in the name of this host and the endpoint, and
+//! released by recovery when it rolls back, or found by that name when a crash came before the
+//! record was written ([`super::reconcile`], `recover_cluster_journal`).
 
 use std::net::IpAddr;
 
@@ -68,11 +70,14 @@ fn put(key: String, value: Vec<u8>) -> Op {
 }
 
 impl Controller {
-    /// Takes an address for an attach: reserved in memory for a local network (committed by
-    /// [`Controller::journal_attach`]), allocated for a cluster network.
+    /// Takes an address for an attach of endpoint `endpoint_id`: reserved in memory for a
+    /// local network (committed by [`Controller::journal_attach`]), allocated for a cluster
+    /// network, in the name of this host and the endpoint ([`Controller::address_owner`]), so
+    /// that recovery can tell its own addresses after a crash.
     pub(super) async fn hold_address(
         &self,
         net: &NetworkInfo,
+        endpoint_id: &str,
         req: AddressRequest,
         held: &mut Vec<Held>,
     ) -> Result<IpAddr> {
@@ -80,7 +85,8 @@ impl Controller {
         let h = if local_addresses(net) {
             Held::Reserved(ipam.reserve(&net.id, req).await?)
         } else {
-            Held::Allocated(ipam.allocate(&net.id, req).await?)
+            let owner = self.address_owner(endpoint_id);
+            Held::Allocated(ipam.allocate_for(&net.id, req, &owner).await?)
         };
         let ip = h.ip();
         held.push(h);

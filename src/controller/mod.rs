@@ -1073,7 +1073,7 @@ impl Controller {
                     Some(ip) => AddressRequest::Static(IpAddr::V4(ip)),
                     None => AddressRequest::Next(Family::V4),
                 };
-                if let IpAddr::V4(ip) = self.hold_address(info, req, &mut held).await? {
+                if let IpAddr::V4(ip) = self.hold_address(info, &ep_id, req, &mut held).await? {
                     v4 = Ipv4Network::new(ip, s.subnet.prefix()).ok();
                 }
             }
@@ -1082,7 +1082,7 @@ impl Controller {
                     Some(ip) => AddressRequest::Static(IpAddr::V6(ip)),
                     None => AddressRequest::Next(Family::V6),
                 };
-                if let IpAddr::V6(ip) = self.hold_address(info, req, &mut held).await? {
+                if let IpAddr::V6(ip) = self.hold_address(info, &ep_id, req, &mut held).await? {
                     v6 = Ipv6Network::new(ip, s.subnet.prefix()).ok();
                 }
             }

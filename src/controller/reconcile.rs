@@ -13,6 +13,13 @@
 //! bridges that no endpoint owns). Objects wharf did not make are never touched: wharf finds
 //! its own by the journal, its own tables and its own bridges, never by a name pattern alone.
 //!
+//! Endpoints of cluster networks wait for a second pass, [`Controller::recover_cluster_journal`],
+//! run once the cluster watcher's first listing made those networks known: the same decisions,
+//! plus withdrawing or publishing the endpoint's record in the cluster store, releasing its
+//! cluster addresses only while they are still its own, making the sandboxes' egress-bridge
+//! endpoints agree with their overlays, and removing what this node left in the cluster store
+//! or as an overlay's data plane without a local endpoint.
+//!
 //! [`Controller::reconcile`] is the public, online version (firewall drift): it restores but
 //! does not prune, under the network lock and each sandbox's lock in turn, so it may run
 //! beside any other call.
@@ -26,6 +33,7 @@ use super::journal::{addresses, local_addresses};
 use super::model::{EndpointRecord, NetworkRecord, SandboxRecord, Status, StoredNamespace};
 use super::{Controller, KEY_ENDPOINTS, KEY_NETWORKS, KEY_SANDBOXES, Result, records};
 use crate::driver::bridge::{bridge_name, firewall};
+use crate::driver::overlay;
 use crate::driver::{DriverKind, NetworkState, SandboxContext};
 use crate::store::Op;
 use crate::sys::NetNs;
@@ -88,26 +96,15 @@ impl Controller {
     ) -> Result<()> {
         let id = &ep.info.id;
         if !networks.contains_key(&ep.network_id) && self.cluster().is_some() {
-            // A cluster network lives in the cluster store, learnt after this (its endpoints'
-            // peers are resynchronised with the kernel then, see `cluster.rs`). Its interrupted
-            // attaches and detaches are not recovered yet: the record stays as it is.
-            if ep.status != Status::Active {
-                tracing::warn!(endpoint = %id, status = ?ep.status, "an interrupted operation on a cluster network is left as it is");
-            }
+            // A cluster network lives in the cluster store, learnt after this: its endpoints
+            // are recovered once the cluster's records are listed (`recover_cluster_journal`).
             return Ok(());
         }
         let (Some(net), Some(sb)) = (networks.get(&ep.network_id), sandboxes.get(&ep.sandbox_id))
         else {
             // Its network or sandbox record is gone: nothing can use it.
             tracing::warn!(endpoint = %id, "endpoint without its network or sandbox: removing its record");
-            self.inner
-                .store
-                .apply(vec![Op::Delete {
-                    key: format!("{KEY_ENDPOINTS}{id}"),
-                }])
-                .await?;
-            self.records_mut().remove_endpoint(id);
-            return Ok(());
+            return self.delete_endpoint_record(id).await;
         };
         let driver = self.driver(net.info.options.kind())?;
         let ctx = self.sandbox_context(sb);
@@ -148,6 +145,225 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// The second recovery pass at open, for endpoints of cluster networks, once the cluster
+    /// watcher's first listing made those networks known (called by `start_cluster`, before
+    /// this host's endpoint records are published again). The same decisions as
+    /// [`Controller::recover_journal`], plus the cluster's share:
+    /// - a `pending` endpoint whose kernel objects all exist is rolled forward (its
+    ///   [`super::ClusterEndpoint`] record is then published with the others);
+    /// - a `pending` one with only some of them, a `removing` one, and one whose sandbox or
+    ///   network is gone are rolled back or finished: record withdrawn from the cluster store,
+    ///   remnants deleted (the network's data plane with its last local endpoint), its cluster
+    ///   addresses released if they are still its own, local record deleted;
+    /// - an `active` one whose interfaces are gone while its sandbox lives is joined again (and
+    ///   the network's peer entries programmed from the kernel);
+    /// - then every sandbox's egress-bridge endpoint is made to agree with its overlays (one
+    ///   if and only if it is on a non-internal overlay), records and addresses this node left
+    ///   in the cluster store without a local endpoint are removed, and the data-plane
+    ///   namespace of a cluster network with no local endpoint is deleted.
+    pub(super) async fn recover_cluster_journal(&self) -> Result<()> {
+        if self.cluster().is_none() {
+            return Ok(());
+        }
+        let mut endpoints: Vec<EndpointRecord> = {
+            let r = self.records();
+            r.endpoints()
+                .values()
+                .filter(|e| {
+                    r.networks
+                        .get(&e.network_id)
+                        .is_none_or(|n| n.info.options.kind().is_cluster_scoped())
+                })
+                .cloned()
+                .collect()
+        };
+        endpoints.sort_by_key(|e| e.seq);
+        self.remove_plane_placeholders();
+        for ep in &endpoints {
+            self.recover_cluster_endpoint(ep).await?;
+        }
+        self.settle_egress_endpoints().await?;
+        self.remove_cluster_orphans().await?;
+        self.remove_unused_planes().await;
+        Ok(())
+    }
+
+    async fn recover_cluster_endpoint(&self, ep: &EndpointRecord) -> Result<()> {
+        let Some(cluster) = self.cluster() else {
+            return Ok(());
+        };
+        let id = &ep.info.id;
+        let (net, sb) = {
+            let r = self.records();
+            (
+                r.networks.get(&ep.network_id).cloned(),
+                r.sandboxes().get(&ep.sandbox_id).cloned(),
+            )
+        };
+        let Some(net) = net else {
+            // Deleted from the cluster store (possible while no host had published an endpoint
+            // on it): nothing here can use the endpoint; its data plane, if any, stays.
+            tracing::warn!(endpoint = %id, network = %ep.network_id, "endpoint of a cluster network that no longer exists: removing its record");
+            self.forget_cluster_endpoint(ep, &ep.network_id).await?;
+            return Ok(());
+        };
+        let info = &net.info;
+        let driver = self.driver(info.options.kind())?;
+        let ctx = sb.as_ref().and_then(|sb| self.sandbox_context(sb));
+        let gone = ep.status == Status::Removing
+            || sb.as_ref().is_none_or(|sb| sb.status == Status::Removing);
+        let present = match (&ctx, gone) {
+            (Some(ctx), false) => driver.endpoint_present(info, &ep.info, ctx).await?,
+            _ => false,
+        };
+        let sb_name = sb.as_ref().map_or("", |s| s.name.as_str());
+        let mut guard = cluster.lock(&info.id).await;
+        match (ep.status, present, &ctx) {
+            (Status::Active, true, _) if !gone => {}
+            // Its namespace is gone: kept until disconnected, as for local networks.
+            (Status::Active, false, None) if !gone => {}
+            (Status::Active, false, Some(ctx)) if !gone => {
+                tracing::warn!(sandbox = %sb_name, network = %info.name, "endpoint incomplete: joining it again");
+                self.rejoin(info, ep, ctx).await?;
+                self.cluster_rejoined(&mut guard, &info.id).await;
+            }
+            (Status::Pending, true, _) if !gone => {
+                tracing::info!(sandbox = %sb_name, network = %info.name, "rolling an interrupted attach forward");
+                let mut active = ep.clone();
+                active.status = Status::Active;
+                self.journal_attached(&active, None).await?;
+                self.records_mut().insert_endpoint(active);
+            }
+            _ => {
+                tracing::info!(sandbox = %sb_name, network = %info.name, status = ?ep.status, "removing an interrupted endpoint");
+                // As a disconnect does: withdrawn first, so the others stop sending to it.
+                self.withdraw_endpoint(&info.id, id).await?;
+                let _ = driver.revoke_external_connectivity(info, &ep.info).await;
+                driver.leave_sandbox(info, &ep.info, ctx.as_ref()).await?;
+                self.forget_cluster_endpoint(ep, &info.id).await?;
+                self.inner
+                    .resolver
+                    .remove_endpoint(&info.id, &ep.sandbox_id);
+                self.cluster_left(&mut guard, &info.id);
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of a cluster endpoint's rollback: its record withdrawn (again: idempotent), its
+    /// cluster addresses released while still its own, its local record deleted.
+    async fn forget_cluster_endpoint(&self, ep: &EndpointRecord, network_id: &str) -> Result<()> {
+        let id = &ep.info.id;
+        self.withdraw_endpoint(network_id, id).await?;
+        self.release_owned_addresses(network_id, id, &addresses(&ep.info))
+            .await;
+        self.delete_endpoint_record(id).await
+    }
+
+    /// Deletes an endpoint's record, durably, and forgets it.
+    async fn delete_endpoint_record(&self, id: &str) -> Result<()> {
+        self.inner
+            .store
+            .apply(vec![Op::Delete {
+                key: format!("{KEY_ENDPOINTS}{id}"),
+            }])
+            .await?;
+        self.records_mut().remove_endpoint(id);
+        Ok(())
+    }
+
+    /// Makes every sandbox's egress-bridge endpoint agree with its overlays after recovery: a
+    /// crash between an overlay's connect or disconnect and the egress bridge's (they are two
+    /// operations, each journalled) leaves a sandbox on a non-internal overlay without its way
+    /// out, or one on the egress bridge with no overlay left.
+    async fn settle_egress_endpoints(&self) -> Result<()> {
+        let mut sandboxes: Vec<SandboxRecord> =
+            self.records().sandboxes().values().cloned().collect();
+        sandboxes.sort_by(|a, b| a.name.cmp(&b.name));
+        for sb in sandboxes {
+            let lock = self.sandbox_lock(&sb.name);
+            let _guard = lock.lock().await;
+            let needs = self.needs_gwbridge(&sb.id);
+            match self.gwbridge_endpoint(&sb.id) {
+                None if needs && self.sandbox_context(&sb).is_some() => {
+                    tracing::info!(sandbox = %sb.name, "joining the egress bridge an interrupted connect did not reach");
+                    self.ensure_gwbridge().await?;
+                    self.connect_locked(&sb.id, super::GWBRIDGE_NETWORK, Default::default())
+                        .await?;
+                }
+                Some(ep) if !needs => {
+                    tracing::info!(sandbox = %sb.name, "leaving the egress bridge an interrupted disconnect did not");
+                    self.disconnect_locked(&ep).await?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the namespace files of overlay data planes that hold no namespace: a process
+    /// killed inside [`NetNs::create`], between making the mount target and mounting the new
+    /// namespace on it, leaves an empty file that no open accepts (and that would fail every
+    /// later leave and join of the network here). Only the driver's own names for the planes
+    /// of networks this host knows are looked at.
+    fn remove_plane_placeholders(&self) {
+        let Ok(named) = NetNs::list_named() else {
+            return;
+        };
+        let names: Vec<String> = self
+            .records()
+            .networks
+            .values()
+            .filter(|n| n.info.options.kind() == DriverKind::Overlay)
+            .map(|n| overlay::netns_name(&self.inner.config.netns_prefix, &n.info))
+            .filter(|name| named.contains(name))
+            .collect();
+        for name in names {
+            if let Err(crate::sys::SysError::InvalidArgument { .. }) = NetNs::open(&name) {
+                tracing::info!(netns = %name, "deleting the namespace file an interrupted creation left");
+                if let Err(e) = NetNs::delete(&name) {
+                    tracing::warn!(netns = %name, error = %e, "deleting an empty namespace file");
+                }
+            }
+        }
+    }
+
+    /// Deletes the data-plane namespace of every cluster network that has no local endpoint
+    /// (left by a first attach whose rollback found the plane half made, so the driver's leave
+    /// did not recognise it). Best effort: failures are logged.
+    async fn remove_unused_planes(&self) {
+        let Ok(named) = NetNs::list_named() else {
+            return;
+        };
+        let unused: Vec<crate::driver::NetworkInfo> = {
+            let r = self.records();
+            r.networks
+                .values()
+                .filter(|n| n.info.options.kind() == DriverKind::Overlay)
+                .filter(|n| r.endpoints_on(&n.info.id).next().is_none())
+                .map(|n| n.info.clone())
+                .collect()
+        };
+        let Some(cluster) = self.cluster() else {
+            return;
+        };
+        for info in unused {
+            let name = overlay::netns_name(&self.inner.config.netns_prefix, &info);
+            if !named.contains(&name) {
+                continue;
+            }
+            let _guard = cluster.lock(&info.id).await;
+            tracing::info!(network = %info.name, netns = %name, "deleting the data plane of an overlay without local endpoints");
+            let deleted = match self.driver(info.options.kind()) {
+                Ok(driver) => driver.delete_network(&info).await.map_err(Into::into),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = deleted {
+                tracing::warn!(network = %info.name, error = %e, "deleting an unused overlay data plane");
+            }
+        }
     }
 
     /// Joins an endpoint whose kernel objects are (partly) gone again, as it was: remnants
@@ -353,9 +569,20 @@ impl Controller {
         };
         for (ep, net) in &endpoints {
             let driver = self.driver(net.info.options.kind())?;
+            // A cluster network's joins are ordered by its lock, and a rejoin may make its
+            // data plane anew: its peer entries are then programmed from the kernel.
+            let mut cluster_guard = match self.cluster() {
+                Some(c) if net.info.options.kind().is_cluster_scoped() => {
+                    Some(c.lock(&net.info.id).await)
+                }
+                _ => None,
+            };
             if !driver.endpoint_present(&net.info, &ep.info, &ctx).await? {
                 tracing::warn!(sandbox = %sb.name, network = %net.info.name, "endpoint incomplete: joining it again");
                 self.rejoin(&net.info, ep, &ctx).await?;
+                if let Some(guard) = cluster_guard.as_mut() {
+                    self.cluster_rejoined(guard, &net.info.id).await;
+                }
             }
         }
         self.fix_default_routes(&sb, &endpoints, &ctx).await

@@ -250,6 +250,21 @@ impl Reservation {
 #[derive(Debug, Serialize, Deserialize)]
 struct AddressRecord {
     subnet: IpNetwork,
+    /// Who took it, if the caller said ([`Ipam::allocate_for`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+}
+
+/// An allocated address as the store holds it, with its owner if it was allocated with one
+/// ([`Ipam::allocate_for`]); listed by [`Ipam::stored_addresses`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAddress {
+    /// The network it belongs to.
+    pub network_id: String,
+    /// The address.
+    pub ip: IpAddr,
+    /// The owner given at allocation, if any.
+    pub owner: Option<String>,
 }
 
 /// The value of the subnet-table key, bumped with compare-and-swap on every subnet creation so
@@ -585,6 +600,16 @@ impl Ipam {
         format!("{}addrs/{network_id}/{ip}", self.inner.prefix)
     }
 
+    /// The network id and address of an address key.
+    fn parse_addr_key<'k>(&self, key: &'k str) -> Result<(&'k str, IpAddr), IpamError> {
+        let rest = key.strip_prefix(&self.addrs_prefix()).unwrap_or_default();
+        let (network_id, ip) = rest
+            .split_once('/')
+            .ok_or_else(|| corrupt(key, "malformed address key"))?;
+        let ip: IpAddr = ip.parse().map_err(|_| corrupt(key, "malformed address"))?;
+        Ok((network_id, ip))
+    }
+
     fn table_key(&self) -> String {
         format!("{}subnet-table", self.inner.prefix)
     }
@@ -612,15 +637,8 @@ impl Ipam {
             state.insert(make_entry(lease, self.inner.options.mode)?);
         }
         let mut orphans = Vec::new();
-        let addrs_prefix = self.addrs_prefix();
         for kv in addrs {
-            let rest = kv.key.strip_prefix(&addrs_prefix).unwrap_or_default();
-            let (network_id, ip) = rest
-                .split_once('/')
-                .ok_or_else(|| corrupt(&kv.key, "malformed address key"))?;
-            let ip: IpAddr = ip
-                .parse()
-                .map_err(|_| corrupt(&kv.key, "malformed address"))?;
+            let (network_id, ip) = self.parse_addr_key(&kv.key)?;
             match state.entry_for(network_id, ip) {
                 Some(entry) => {
                     if !entry.alloc.restore(ip).unwrap_or(false) {
@@ -858,6 +876,28 @@ impl Ipam {
         network_id: &str,
         request: AddressRequest,
     ) -> Result<IpAddr, IpamError> {
+        self.allocate_owned(network_id, request, None).await
+    }
+
+    /// [`allocate`](Self::allocate), recording `owner` (an opaque name, e.g. a host and an
+    /// endpoint) in the address key, so that the address can later be released only by its
+    /// owner ([`release_owned`](Self::release_owned)) and found by it
+    /// ([`stored_addresses`](Self::stored_addresses)) after a crash lost track of it.
+    pub async fn allocate_for(
+        &self,
+        network_id: &str,
+        request: AddressRequest,
+        owner: &str,
+    ) -> Result<IpAddr, IpamError> {
+        self.allocate_owned(network_id, request, Some(owner)).await
+    }
+
+    async fn allocate_owned(
+        &self,
+        network_id: &str,
+        request: AddressRequest,
+        owner: Option<&str>,
+    ) -> Result<IpAddr, IpamError> {
         self.ensure_loaded(network_id).await?;
         let mut reloaded = false;
         loop {
@@ -875,7 +915,11 @@ impl Ipam {
                 Err(e) => return Err(e),
             };
             let key = self.addr_key(network_id, ip);
-            let value = encode(&key, &AddressRecord { subnet })?;
+            let record = AddressRecord {
+                subnet,
+                owner: owner.map(str::to_owned),
+            };
+            let value = encode(&key, &record)?;
             let result = self.inner.store.create(&key, value).await;
             let outcome = self.settle_allocation(network_id, subnet, ip, result);
             match outcome {
@@ -911,7 +955,13 @@ impl Ipam {
         self.ensure_loaded(network_id).await?;
         let (ip, subnet) = self.pick(network_id, request)?;
         let key = self.addr_key(network_id, ip);
-        let value = match encode(&key, &AddressRecord { subnet }) {
+        let value = match encode(
+            &key,
+            &AddressRecord {
+                subnet,
+                owner: None,
+            },
+        ) {
             Ok(v) => v,
             Err(e) => {
                 self.abandon_in_memory(network_id, subnet, ip, false);
@@ -1192,23 +1242,81 @@ impl Ipam {
         let Some(kv) = self.inner.store.get(&key).await? else {
             return Ok(false);
         };
-        if kv.revision >= older_than {
+        if kv.revision >= older_than || !self.delete_if_unchanged(key, kv.revision).await? {
             return Ok(false);
-        }
-        let op = Op::DeleteIf {
-            key,
-            expected: kv.revision,
-        };
-        match self.inner.store.apply(vec![op]).await {
-            Ok(_) => {}
-            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => return Ok(false),
-            Err(e) => return Err(e.into()),
         }
         if let Some(entry) = self.state().entry_for(network_id, ip) {
             // Not allocated in this allocator's memory is fine: another host allocated it.
             let _ = entry.alloc.release(ip);
         }
         Ok(true)
+    }
+
+    /// Releases an address if `owner` still holds it (it was allocated with
+    /// [`allocate_for`](Self::allocate_for) and that owner): a release that may repeat one
+    /// done before a crash never frees the address for someone who took it since. The key is
+    /// deleted with a compare-and-swap on the revision read. An address allocated without an
+    /// owner is released as [`release`](Self::release) would. `Ok(true)`: this call released
+    /// it; `Ok(false)`: it is not allocated, or not to `owner`.
+    pub async fn release_owned(
+        &self,
+        network_id: &str,
+        ip: IpAddr,
+        owner: &str,
+    ) -> Result<bool, IpamError> {
+        self.ensure_loaded(network_id).await?;
+        let key = self.addr_key(network_id, ip);
+        let Some(kv) = self.inner.store.get(&key).await? else {
+            return Ok(false);
+        };
+        let record: AddressRecord =
+            serde_json::from_slice(&kv.value).map_err(|e| corrupt(&key, e))?;
+        if record.owner.as_deref().is_some_and(|o| o != owner)
+            || !self.delete_if_unchanged(key, kv.revision).await?
+        {
+            return Ok(false);
+        }
+        if let Some(entry) = self.state().entry_for(network_id, ip) {
+            if !entry.in_flight.contains(&ip) {
+                let _ = entry.alloc.release(ip);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Every address allocated in this scope, as the store holds it now (read from the store,
+    /// not from memory), with its owner: what a crash-recovering caller lists to find the
+    /// addresses it allocated and no longer uses.
+    pub async fn stored_addresses(&self) -> Result<Vec<StoredAddress>, IpamError> {
+        let mut out = Vec::new();
+        for kv in self.inner.store.list(&self.addrs_prefix()).await? {
+            let (network_id, ip) = self.parse_addr_key(&kv.key)?;
+            let record: AddressRecord =
+                serde_json::from_slice(&kv.value).map_err(|e| corrupt(&kv.key, e))?;
+            out.push(StoredAddress {
+                network_id: network_id.to_owned(),
+                ip,
+                owner: record.owner,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes an address key if it is still at `revision`; `Ok(false)` if it changed or went.
+    async fn delete_if_unchanged(
+        &self,
+        key: String,
+        revision: Revision,
+    ) -> Result<bool, IpamError> {
+        let op = Op::DeleteIf {
+            key,
+            expected: revision,
+        };
+        match self.inner.store.apply(vec![op]).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The subnets of a network, in request order.

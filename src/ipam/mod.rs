@@ -36,6 +36,7 @@ pub use allocator::AllocationMode;
 pub use config::{Family, IpamConfig, parse_cidr, parse_ip};
 pub use error::IpamError;
 pub use manager::{
-    AddressRequest, Ipam, IpamOptions, Reservation, Scope, SubnetLease, SubnetRequest,
+    AddressRequest, Ipam, IpamOptions, Reservation, Scope, StoredAddress, SubnetLease,
+    SubnetRequest,
 };
 pub use pool::{CLUSTER_DEFAULT_POOLS, LOCAL_DEFAULT_POOLS, PoolSpec, ula_pool};

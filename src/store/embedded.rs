@@ -41,6 +41,8 @@ const REVISION_KEY: &str = "revision";
 /// ended lease) is skipped without touching the others. If the shared transaction itself fails
 /// (an I/O error), each batch of the group is retried in a transaction of its own, so one
 /// cannot fail another. A lone batch is committed at once, as before: grouping adds no wait.
+/// Relaxed batches ([`Store::apply_relaxed`]) of a group are committed first, without fsync, and
+/// answered before the group's durable batches are committed and fsynced.
 ///
 /// The database runs on tokio's blocking pool.
 /// The file is locked: open it once per process and share the handle (it is cheap to clone).
@@ -419,13 +421,26 @@ impl Inner {
     /// [`EmbeddedStore::open`] of it can follow at once).
     fn drain(mut committer: Committer) {
         loop {
-            let group = std::mem::take(&mut committer.inner.queue().pending);
-            // One durable batch makes the whole group's transaction durable; a group of
-            // relaxed batches only is committed without fsync.
-            let durability = if group.iter().any(|p| p.durable) {
-                Durability::Immediate
-            } else {
-                Durability::None
+            let (durable, relaxed): (Vec<Pending>, Vec<Pending>) =
+                std::mem::take(&mut committer.inner.queue().pending)
+                    .into_iter()
+                    .partition(|p| p.durable);
+            // Relaxed batches are committed without fsync and answered before the durable
+            // ones are fsynced, so their callers never wait for another caller's fsync (the
+            // durable commit then persists them too). They were all waiting at once, so
+            // committing one kind before the other is an order they could have arrived in.
+            let (group, durability) = match (durable.is_empty(), relaxed.is_empty()) {
+                (true, _) => (relaxed, Durability::None),
+                (false, true) => (durable, Durability::Immediate),
+                (false, false) => {
+                    let (ops, replies): (Vec<_>, Vec<_>) =
+                        relaxed.into_iter().map(|p| (p.ops, p.reply)).unzip();
+                    let results = committer.inner.apply_group(ops, Durability::None);
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                    (durable, Durability::Immediate)
+                }
             };
             let (ops, replies): (Vec<_>, Vec<_>) =
                 group.into_iter().map(|p| (p.ops, p.reply)).unzip();

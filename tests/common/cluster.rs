@@ -277,3 +277,151 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Checks that a host's state agrees with itself, the cluster store and the kernel, as a
+/// recovered host must (panics naming `when` and what differs):
+/// - its endpoint records in the cluster store are exactly its endpoints on cluster networks;
+/// - no address is held twice on a cluster network (all hosts' records), every address of its
+///   endpoints is allocated in the cluster IPAM in its name, and nothing else is in its name;
+/// - it has the data-plane namespace (`<prefix>ov-...`) of exactly the cluster networks it has
+///   endpoints on, each with exactly their veths;
+/// - a sandbox has an egress-bridge endpoint exactly when it is on a non-internal overlay, and
+///   the host's namespace holds exactly those endpoints' veths.
+pub async fn assert_cluster_state(
+    wharf: &Controller,
+    node: &str,
+    host: &NetNs,
+    prefix: &str,
+    store: &Arc<dyn Store>,
+    when: &str,
+) {
+    use std::collections::BTreeMap;
+    use wharf::controller::{ClusterEndpoint, GWBRIDGE_NETWORK};
+    use wharf::ipam::{Ipam, IpamOptions};
+
+    let cluster_nets: BTreeMap<String, (String, bool)> = wharf
+        .list_networks()
+        .into_iter()
+        .filter(|n| n.driver == "overlay")
+        .map(|n| (n.id.clone(), (n.name.clone(), n.internal)))
+        .collect();
+    let sandboxes = wharf.list_sandboxes();
+    let local: BTreeMap<String, (String, String, wharf::controller::EndpointDetails)> = sandboxes
+        .iter()
+        .flat_map(|s| s.endpoints.iter().map(move |e| (s, e)))
+        .filter(|(_, e)| cluster_nets.contains_key(&e.network_id))
+        .map(|(s, e)| {
+            (
+                e.id.clone(),
+                (s.name.clone(), e.network_id.clone(), e.clone()),
+            )
+        })
+        .collect();
+
+    // Records in the cluster store.
+    let records: Vec<ClusterEndpoint> = store
+        .list("cluster/v1/endpoints/")
+        .await
+        .unwrap()
+        .iter()
+        .map(|kv| serde_json::from_slice(&kv.value).unwrap())
+        .collect();
+    let mine: BTreeSet<String> = records
+        .iter()
+        .filter(|r| r.node == node)
+        .map(|r| r.id.clone())
+        .collect();
+    let expected: BTreeSet<String> = local.keys().cloned().collect();
+    assert_eq!(
+        mine, expected,
+        "{when}: {node}'s endpoint records in the cluster store"
+    );
+    let mut seen = BTreeSet::new();
+    for r in &records {
+        if let Some(ip) = r.ipv4 {
+            assert!(
+                seen.insert((r.network_id.clone(), ip)),
+                "{when}: {ip} is held twice on {}",
+                r.network_id
+            );
+        }
+    }
+
+    // The cluster IPAM: exactly the local endpoints' addresses in this node's name.
+    let ipam = Ipam::open(store.clone(), IpamOptions::cluster(b"wharf"))
+        .await
+        .unwrap();
+    let owned: BTreeSet<(String, IpAddr, String)> = ipam
+        .stored_addresses()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|a| {
+            let (n, ep) = a.owner.as_deref()?.rsplit_once('/')?;
+            (n == node).then(|| (a.network_id.clone(), a.ip, ep.to_owned()))
+        })
+        .collect();
+    let wanted: BTreeSet<(String, IpAddr, String)> = local
+        .iter()
+        .map(|(id, (_, net, e))| (net.clone(), IpAddr::V4(e.ipv4.unwrap()), id.clone()))
+        .collect();
+    assert_eq!(
+        owned, wanted,
+        "{when}: {node}'s addresses in the cluster IPAM"
+    );
+
+    // Data planes: one namespace per cluster network with local endpoints, holding their veths.
+    let named = NetNs::list_named().unwrap();
+    let planes: BTreeSet<String> = named
+        .iter()
+        .filter(|n| n.starts_with(&format!("{prefix}ov-")))
+        .cloned()
+        .collect();
+    let wanted_planes: BTreeMap<String, BTreeSet<String>> =
+        local.values().fold(BTreeMap::new(), |mut m, (_, net, e)| {
+            m.entry(format!("{prefix}ov-{}", &net[..12]))
+                .or_insert_with(BTreeSet::new)
+                .insert(format!("veth{}", &e.id[..7]));
+            m
+        });
+    assert_eq!(
+        planes,
+        wanted_planes.keys().cloned().collect::<BTreeSet<_>>(),
+        "{when}: {node}'s overlay namespaces"
+    );
+    for (plane, veths) in &wanted_planes {
+        let got = veths_in(&NetNs::open(plane).unwrap()).await;
+        assert_eq!(&got, veths, "{when}: veths in {plane}");
+    }
+
+    // The egress bridge: an endpoint per sandbox on a non-internal overlay, and its veths.
+    let mut gw_veths = BTreeSet::new();
+    for s in &sandboxes {
+        let needs = s.endpoints.iter().any(|e| {
+            cluster_nets
+                .get(&e.network_id)
+                .is_some_and(|(_, internal)| !internal)
+        });
+        let gw = wharf.endpoint(&s.name, GWBRIDGE_NETWORK).ok();
+        assert_eq!(
+            gw.is_some(),
+            needs,
+            "{when}: egress-bridge endpoint of {}",
+            s.name
+        );
+        if let Some(gw) = gw {
+            gw_veths.insert(format!("veth{}", &gw.id[..7]));
+        }
+    }
+    let got = veths_in(host).await;
+    assert_eq!(got, gw_veths, "{when}: veths in {node}'s namespace");
+}
+
+/// The `veth…` links of a namespace.
+async fn veths_in(ns: &NetNs) -> BTreeSet<String> {
+    super::link_names(ns)
+        .await
+        .into_iter()
+        .filter(|n| n.starts_with("veth"))
+        .collect()
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod crash;
 pub mod services;
 
 use std::path::PathBuf;
@@ -120,17 +121,7 @@ impl World {
     }
 
     pub async fn links_in(&self, ns: &NetNs) -> Vec<String> {
-        let h = Handle::in_netns(ns).await.unwrap();
-        let mut names: Vec<String> = h
-            .link()
-            .list()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|l| l.name)
-            .collect();
-        names.sort();
-        names
+        link_names(ns).await
     }
 
     pub async fn host_links(&self) -> Vec<String> {
@@ -173,6 +164,21 @@ impl Rng {
         self.0 ^= self.0 << 17;
         (self.0 % n as u64) as usize
     }
+}
+
+/// The names of the links in a namespace, sorted (`ip -o link` in it).
+pub async fn link_names(ns: &NetNs) -> Vec<String> {
+    let h = Handle::in_netns(ns).await.unwrap();
+    let mut names: Vec<String> = h
+        .link()
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    names.sort();
+    names
 }
 
 /// What a sandbox's namespace holds, as `ip -4 addr` and `ip -4 route` show it: each interface

@@ -113,7 +113,8 @@ pub async fn contract(store: &dyn Store) {
 /// The next event of `watch`, failing the test if none comes within `wait`.
 /// Many batches applied at once (the embedded store commits them as a group): each batch is
 /// atomic on its own, gets its own revision and its own result, sees the batches committed
-/// before it, and one whose condition fails changes nothing and fails no other.
+/// before it, and one whose condition fails changes nothing and fails no other; relaxed and
+/// durable batches mix.
 pub async fn concurrent_batches(store: &dyn Store) {
     let taken = store.create("g/v1/taken", b"0".to_vec()).await.unwrap();
     let put = |key: String| Op::Put {
@@ -139,7 +140,15 @@ pub async fn concurrent_batches(store: &dyn Store) {
             }],
         })
         .collect();
-    let results = futures::future::join_all(batches.into_iter().map(|ops| store.apply(ops))).await;
+    // Some of the plain writes are relaxed: a group that mixes both kinds keeps every result.
+    let results = futures::future::join_all(batches.into_iter().enumerate().map(|(i, ops)| {
+        if i % 4 == 1 {
+            store.apply_relaxed(ops)
+        } else {
+            store.apply(ops)
+        }
+    }))
+    .await;
     let mut revisions = Vec::new();
     let mut winners = 0;
     for (i, result) in results.iter().enumerate() {
