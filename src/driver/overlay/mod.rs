@@ -254,9 +254,13 @@ impl OverlayDriver {
                 Err(e) if e.is_not_found() => {
                     h.link()
                         .add(
+                            // No multicast snooping: nothing queries on an overlay,
+                            // and a snooping bridge walks every port on each attach
+                            // (see the bridge driver).
                             LinkSpec::bridge(BRIDGE)
                                 .mtu(mtu)
                                 .mac(bridge_mac(net, self.local))
+                                .multicast_snooping(false)
                                 .up(),
                         )
                         .await?;
