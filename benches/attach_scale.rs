@@ -15,8 +15,9 @@
 //!   and the same for `delete_sandbox` against `delete_sandboxes`.
 //! - **the kernel alone**: the 1000 attaches done with wharf's kernel layer only (veth with its
 //!   peer created in a fresh namespace, enslaved and up in one request; then in the container:
-//!   `addrgenmode none`, up, address, default route), no IPAM, store or DNS; and a control
-//!   without `addrgenmode none` (the container's interface gets its IPv6 link-local address):
+//!   `addrgenmode none`, up, address, default route; the bridge without multicast snooping),
+//!   no IPAM, store or DNS; and two controls: the bridge with the kernel's default snooping,
+//!   and the container's interface with its IPv6 link-local address (no `addrgenmode none`):
 //!   how much of the growth with the bridge's port count is the kernel's.
 //!
 //! The controller's state lives under the system's temp directory (`TMPDIR=/dev/shm` takes the

@@ -519,16 +519,15 @@ pub async fn sandbox_side_present(
 /// Configures a sandbox's new interface `ep.ifname` (the container end of a veth, created down)
 /// from inside the sandbox: its endpoint's addresses, then up; returns its index.
 ///
-/// With `quiet_ipv6` (the bridge and overlay drivers), an interface that gets no IPv6 address
-/// gets none from the kernel either. Such an interface says nothing until its container does,
-/// so nothing may rely on it announcing itself: the overlay's join makes `br0` forget where it
-/// learnt the container's MAC (see `driver/overlay`; a MAC can come back from another host,
-/// where `br0` learnt it behind `vxlan0`).
+/// An interface that gets no IPv6 address gets none from the kernel either. Such an interface
+/// says nothing until its container does, so nothing may rely on it announcing itself: the
+/// overlay's join makes `br0` forget where it learnt the container's MAC (see `driver/overlay`;
+/// a MAC can come back from another host, where `br0` learnt it behind `vxlan0`).
 ///
 /// Quieting: no link-local address (`addrgenmode none`, set before it comes up), so coming up
-/// it sends no duplicate address detection, router solicitation or MLD report. A bridge (a bridge network's, an
-/// overlay's `br0`) floods those multicasts to every port, where each is received by another
-/// sandbox's stack, which made an attach cost grow with the number of ports (8x between the
+/// it sends no duplicate address detection, router solicitation or MLD report. A bridge (a
+/// bridge network's, an overlay's `br0`) floods those multicasts to every port, where each is
+/// received by another sandbox's stack, which made an attach cost grow with the number of ports (8x between the
 /// 10th and the 1000th port; docs/BENCHMARKS.md). Docker turns IPv6 off on such an interface
 /// with the `disable_ipv6` sysctl; that takes a thread in the sandbox's namespace and spins on
 /// `rtnl_trylock` while other attaches hold the lock, so wharf says it over netlink instead. A
@@ -536,10 +535,9 @@ pub async fn sandbox_side_present(
 pub(crate) async fn configure_sandbox_interface(
     inside: &Handle,
     ep: &EndpointInfo,
-    quiet_ipv6: bool,
 ) -> Result<u32, SysError> {
     let link = inside.link().get(&ep.ifname).await?;
-    if quiet_ipv6 && ep.ipv6.is_none() {
+    if ep.ipv6.is_none() {
         let quiet = inside
             .link()
             .set(

@@ -308,7 +308,7 @@ impl Driver for BridgeDriver {
         }
         let inside = &sandbox.handle;
         // No link-local address for an IPv4-only endpoint: see the helper.
-        let configured = super::configure_sandbox_interface(inside, ep, true).await;
+        let configured = super::configure_sandbox_interface(inside, ep).await;
         match configured {
             Ok(ifindex) => Ok(Joined {
                 ifindex: Some(ifindex),

@@ -454,7 +454,7 @@ impl Driver for OverlayDriver {
                     // `learnt_remote_entry`.
                     let stale = learnt_remote_entry(plane.vxlan, ep);
                     ignore_not_found(plane.handle.fdb().delete(stale).await)?;
-                    super::configure_sandbox_interface(inside, ep, true).await
+                    super::configure_sandbox_interface(inside, ep).await
                 }
                 .await
             }
